@@ -1,0 +1,26 @@
+# The two commands of the README:
+#   make demo   set up, fetch the default model + corpus, build, and run the demo (the main job)
+#   make test   set up, fetch the assets, and run the whole test suite
+.PHONY: setup assets reference build test demo fixtures
+
+setup:
+	scripts/setup.sh libtorch
+
+assets: setup
+	scripts/setup.sh assets
+
+reference:
+	scripts/setup.sh reference
+
+build: setup
+	cargo build --release -p longrope
+
+test: assets
+	cargo test --workspace
+
+demo: assets build
+	scripts/demo.sh
+
+# Regenerate the golden fixtures under tests/fixtures from HF transformers (needs `make reference`).
+fixtures: reference assets
+	.venv/bin/python scripts/make_fixtures.py

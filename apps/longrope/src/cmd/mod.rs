@@ -1,0 +1,4 @@
+//! One module per subcommand: argument struct (clap) and a `run` function.
+
+pub mod env;
+pub mod plugins;

@@ -1,0 +1,33 @@
+//! `longrope plugins [--json]`: every registered plugin by kind.
+
+use anyhow::Result;
+use longrope_core::registry::{self, PluginKind};
+
+/// Arguments of `longrope plugins`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print one JSON document: `{"scaling": [{"name", "summary"}...], "search": [...], "arch": [...], "evaluator": [...]}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Run `longrope plugins`.
+pub fn run(args: Args) -> Result<()> {
+    if args.json {
+        let mut doc = serde_json::Map::new();
+        for kind in PluginKind::ALL {
+            doc.insert(kind.as_str().to_string(), serde_json::to_value(registry::list(kind))?);
+        }
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    for kind in PluginKind::ALL {
+        let list = registry::list(kind);
+        println!("{kind} ({}):", list.len());
+        for p in list {
+            let origin = p.library.map(|l| format!("  [{l}]")).unwrap_or_default();
+            println!("  {:<14} {}{origin}", p.name, p.summary);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! The typed error of `longrope-core`, shared by the plugin crates for the cases the core defines.
+
+use std::path::PathBuf;
+
+use crate::registry::PluginKind;
+
+/// Result alias of the core crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the core: unknown plugins, bad configs, invalid values, I/O, libtorch.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A plugin name that no registered plugin of that kind has.
+    #[error("unknown {kind} plugin `{name}`; known {kind} plugins: {known}")]
+    UnknownPlugin {
+        /// The kind that was looked up.
+        kind: PluginKind,
+        /// The name asked for.
+        name: String,
+        /// The registered names, sorted and comma-separated.
+        known: String,
+    },
+    /// A configuration file (or inline config) that does not parse or does not validate.
+    #[error("{origin}: {message}")]
+    Config {
+        /// The file path, or a description such as `--scaling yarn`.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value outside what a method or model accepts (e.g. `factor` < 1, wrong number of factors).
+    #[error("invalid {what}: {message}")]
+    Invalid {
+        /// What was being checked (`yarn.factor`, `longrope.long_factor` ...).
+        what: String,
+        /// Why it is invalid.
+        message: String,
+    },
+    /// An I/O error on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An error raised by libtorch.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl Error {
+    /// Shorthand for [`Error::Invalid`].
+    pub fn invalid(what: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Invalid { what: what.into(), message: message.into() }
+    }
+
+    /// Shorthand for [`Error::Config`].
+    pub fn config(origin: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config { origin: origin.into(), message: message.into() }
+    }
+
+    /// Shorthand for [`Error::Io`].
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,43 @@
+//! Search strategies: propose candidate scaling configurations, observe their fitness, never evaluate.
+//!
+//! LongRoPE (arXiv 2402.13753, Sec. 3.2, Alg. 1) searches per-dimension rescale factors with an evolutionary
+//! algorithm; baselines (random, grid) must spend the same evaluation budget. Every strategy talks to the
+//! search driver through this one interface: the driver evaluates, deduplicates and checkpoints.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+/// One point of a search space: per-dimension factors plus optional retained start tokens and attention factor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Rescale factors `lambda_i` (`d/2` values, or `layers x d/2` flattened row-major).
+    pub factors: Vec<f64>,
+    /// Retained start tokens `n_hat` (0 = none).
+    #[serde(default)]
+    pub n_hat: usize,
+    /// Attention factor override (`None` = the method's policy).
+    #[serde(default)]
+    pub attn_factor: Option<f64>,
+}
+
+/// A candidate with its measured fitness (lower is better, e.g. perplexity).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    /// The candidate.
+    pub candidate: Candidate,
+    /// Its fitness; lower is better.
+    pub fitness: f64,
+}
+
+/// A search strategy: asks the driver to evaluate batches of candidates and learns from the results.
+pub trait SearchStrategy: Send {
+    /// The plugin name.
+    fn name(&self) -> &str;
+    /// The next batch of candidates to evaluate; an empty batch means the strategy is done.
+    fn propose(&mut self) -> Result<Vec<Candidate>>;
+    /// The fitness of the last proposed batch, in order.
+    fn observe(&mut self, scored: &[Scored]) -> Result<()>;
+    /// The total number of evaluations this strategy will ask for (its budget).
+    fn budget(&self) -> usize;
+}

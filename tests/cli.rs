@@ -1,0 +1,75 @@
+//! End-to-end tests of the `longrope` binary: help on every subcommand, plugin listing, environment.
+
+mod common;
+
+use common::longrope;
+
+#[test]
+fn every_subcommand_has_help() {
+    let out = longrope(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let subcommands: Vec<String> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(subcommands.contains(&"plugins".to_string()), "{text}");
+    for sub in subcommands {
+        let out = longrope(&[&sub, "--help"]);
+        assert!(out.status.success(), "`longrope {sub} --help` failed");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"), "{sub}");
+    }
+}
+
+#[test]
+fn plugins_json_lists_every_kind() {
+    let out = longrope(&["plugins", "--json"]);
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    for kind in ["scaling", "search", "arch", "evaluator"] {
+        let list = doc[kind].as_array().unwrap_or_else(|| panic!("kind {kind} missing"));
+        let names: Vec<&str> = list.iter().map(|p| p["name"].as_str().unwrap()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "{kind} listing is sorted");
+        for p in list {
+            assert!(!p["summary"].as_str().unwrap().is_empty());
+        }
+    }
+}
+
+/// The binary must link every plugin crate: each crate's registrations must appear in its listing.
+#[test]
+fn binary_links_every_plugin_crate() {
+    let out = longrope(&["plugins", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names = |kind: &str| -> Vec<String> {
+        doc[kind].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+    };
+    for (kind, expected) in common::EXPECTED_PLUGINS {
+        let have = names(kind);
+        for name in *expected {
+            assert!(have.iter().any(|n| n == name), "{kind} plugin `{name}` not linked into the binary: {have:?}");
+        }
+    }
+}
+
+#[test]
+fn env_reports_libtorch() {
+    let out = longrope(&["env", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["libtorch_version"].as_str().unwrap().starts_with("2.13.0"), "{doc}");
+    assert!(doc["threads"].as_i64().unwrap() >= 1);
+    assert!(doc["cuda_available"].is_boolean());
+}
+
+#[test]
+fn unknown_subcommand_fails() {
+    let out = longrope(&["no-such-command"]);
+    assert!(!out.status.success());
+}

@@ -1,0 +1,39 @@
+//! Helpers shared by the integration tests: locating the built binary, the asset cache, expected plugins.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Every plugin the workspace's crates register, by kind. A name missing from `longrope plugins` means a
+/// plugin crate was not linked into the binary.
+pub const EXPECTED_PLUGINS: &[(&str, &[&str])] = &[];
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Path of the `longrope` binary built beside this test binary (`target/<profile>/longrope`).
+pub fn longrope_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile_dir.join("longrope");
+    assert!(bin.exists(), "{} not built: run `cargo test --workspace` (it builds the binary)", bin.display());
+    bin
+}
+
+/// Run `longrope ARGS...` and capture its output.
+pub fn longrope(args: &[&str]) -> Output {
+    Command::new(longrope_bin()).args(args).output().expect("run longrope")
+}
+
+/// The asset cache made by `scripts/setup.sh assets` (model and corpus), if present.
+pub fn assets() -> PathBuf {
+    std::env::var_os("LONGROPE_ASSETS").map(PathBuf::from).unwrap_or_else(|| root().join(".cache/assets"))
+}
+
+/// The default real model (SmolLM2-135M-Instruct Q4_1 GGUF), if the assets were fetched.
+pub fn smollm2() -> Option<PathBuf> {
+    let p = assets().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    p.exists().then_some(p)
+}

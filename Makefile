@@ -21,6 +21,6 @@ test: assets
 demo: assets build
 	scripts/demo.sh
 
-# Regenerate the golden fixtures under tests/fixtures from HF transformers (needs `make reference`).
+# Regenerate the golden fixtures under tests/fixtures from HF transformers (installs it into the venv).
 fixtures: reference assets
-	.venv/bin/python scripts/make_fixtures.py
+	for f in scripts/fixtures/*.py; do .venv/bin/python $$f || exit 1; done

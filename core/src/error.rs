@@ -47,6 +47,10 @@ pub enum Error {
     /// An error raised by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A plugin crate's own typed error (e.g. `longrope_models::ModelError`), kept whole so callers can
+    /// downcast it; its message is shown unchanged.
+    #[error(transparent)]
+    Plugin(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 impl Error {

@@ -1,44 +1,75 @@
 //! Evaluators: measurements of a model under a scaling method at a context length (perplexity, passkey ...).
 //!
 //! They are the numbers the field reports (LongRoPE, arXiv 2402.13753, Tables 1-5) and the fitness a search
-//! optimises. First version of the trait; the evaluator crate defines the concrete plugins.
+//! optimises. Config pattern as for scaling: an [`EvaluatorConfig`] mirrors the TOML (`evaluator = "ppl"`
+//! selects the `typetag` variant) and builds the runtime [`Evaluator`].
+
+use std::fmt::Debug;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::LanguageModel;
+use crate::registry::{self, PluginKind};
 use crate::scaling::RopeSchedule;
-use crate::Result;
+use crate::{Error, Result};
 
 /// The outcome of one evaluation at one length.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Score {
+    /// Evaluator name (`ppl`, `passkey`, `needle-ppl`).
+    pub evaluator: String,
     /// Metric name (`ppl`, `accuracy`, `needle_nll` ...).
     pub metric: String,
+    /// Context length evaluated.
+    pub length: usize,
     /// Aggregate value.
     pub value: f64,
     /// Whether lower values are better (true for perplexity).
     pub lower_is_better: bool,
-    /// Per-item values (per document, per sample).
-    pub per_item: Vec<f64>,
-    /// Tokens processed (forward positions), for the cost account.
+    /// Per-item values (per document, per sample), labelled.
+    pub per_item: Vec<ItemScore>,
+    /// Evaluator-specific breakdown (e.g. passkey accuracy per depth).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+    /// Tokens processed by forwards (prefill + decode), for the cost account.
     pub tokens: usize,
     /// Wall time in seconds.
     pub seconds: f64,
+}
+
+/// One item's value: a document's perplexity, a passkey sample's correctness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemScore {
+    /// Item label (document name, `sample-3` ...).
+    pub name: String,
+    /// Its value.
+    pub value: f64,
 }
 
 /// Token documents an evaluator reads (already tokenized with the model's tokenizer).
 pub trait TokenSource: Sync {
     /// Number of documents.
     fn num_docs(&self) -> usize;
+    /// Name of document `i` (file name, JSONL line ...).
+    fn doc_name(&self, i: usize) -> String;
+    /// Number of tokens in document `i`.
+    fn doc_len(&self, i: usize) -> usize;
     /// Token ids of document `i`.
     fn doc(&self, i: usize) -> Result<Vec<u32>>;
+}
+
+/// An evaluator's configuration as written by a user; `typetag` selects the implementation by `evaluator`.
+#[typetag::serde(tag = "evaluator")]
+pub trait EvaluatorConfig: Debug + Send + Sync {
+    /// Validate and return the runtime evaluator.
+    fn build(&self) -> Result<Box<dyn Evaluator>>;
 }
 
 /// An evaluator: measures a model, with the tables of a schedule, at one context length.
 pub trait Evaluator: Send + Sync {
     /// Plugin name.
     fn name(&self) -> &str;
-    /// Evaluate at `length` tokens.
+    /// Evaluate at `length` tokens. `data` is the corpus (evaluators that synthesise prompts may ignore it).
     fn evaluate(
         &self,
         model: &dyn LanguageModel,
@@ -46,4 +77,15 @@ pub trait Evaluator: Send + Sync {
         length: usize,
         data: &dyn TokenSource,
     ) -> Result<Score>;
+}
+
+/// Parse an evaluator config from TOML text; `origin` names the source in errors.
+pub fn parse_evaluator_toml(text: &str, origin: &str) -> Result<Box<dyn EvaluatorConfig>> {
+    let value: toml::Value = toml::from_str(text).map_err(|e| Error::config(origin, e.to_string()))?;
+    let name = value
+        .get("evaluator")
+        .and_then(|m| m.as_str())
+        .ok_or_else(|| Error::config(origin, "missing string field `evaluator` (the evaluator plugin's name)"))?;
+    registry::require(PluginKind::Evaluator, name)?;
+    toml::from_str::<Box<dyn EvaluatorConfig>>(text).map_err(|e| Error::config(origin, e.to_string()))
 }

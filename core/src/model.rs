@@ -117,6 +117,12 @@ pub trait LanguageModel: Send {
     /// Logits `[batch, seq, vocab]` (f32) for `tokens` `[batch, seq]` (i64). With a cache, the tokens continue
     /// the cached sequence (positions start at `cache.len`) and the cache is extended.
     fn forward(&self, tokens: &Tensor, tables: &LayerTables, cache: Option<&mut KvCache>) -> Result<Tensor>;
+    /// Logits `[batch, vocab]` (f32) of the last position only, otherwise as [`LanguageModel::forward`].
+    /// Generation uses it so a long prefill never materialises `[seq, vocab]` logits; implementations should
+    /// override the default, which slices the full logits.
+    fn forward_last(&self, tokens: &Tensor, tables: &LayerTables, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        Ok(self.forward(tokens, tables, cache)?.select(1, -1))
+    }
     /// NLL of predicting `tokens[t+1]` from `tokens[..=t]`, summed over targets at positions `score_from..len`
     /// (position `p` is scored when it is the predicted token's index and `p >= score_from`, `p >= 1`).
     /// Never materialises `[seq, vocab]` logits.

@@ -6,7 +6,9 @@
 //! [`PositionScaling`], with every default resolved (for example `factor` defaults to `s = L'/L`).
 //!
 //! `--scaling CONFIG` everywhere means either a plugin name (the same as the TOML `method = "NAME"`, i.e. all
-//! defaults, as HF takes them) or the path of a TOML file; see [`load_scaling_config`].
+//! defaults, as HF takes them) or the path of a TOML file; see [`load_scaling_config`]. Methods from shared
+//! libraries loaded at run time (`--plugin`) are configured the same way through the `dynamic` submodule
+//! ([`register_dynamic_scaling`], [`DynamicScalingConfig`]; see `docs/plugins.md`).
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -16,11 +18,23 @@ use crate::registry::{self, PluginKind};
 use crate::rope::{RopeContext, RopeShape, RopeTables};
 use crate::{Error, Result};
 
+mod dynamic;
+pub use dynamic::{
+    dynamic_scaling, register_dynamic_scaling, DynamicScalingBuilder, DynamicScalingConfig, DYNAMIC_METHOD,
+};
+
 /// A scaling method's configuration as written by a user; `typetag` selects the implementation by `method`.
 #[typetag::serde(tag = "method")]
 pub trait ScalingConfig: Debug + Send + Sync {
     /// Validate against the model/extension shape and return the runtime method with defaults resolved.
     fn build(&self, shape: &RopeShape) -> Result<Arc<dyn PositionScaling>>;
+
+    /// Make relative file paths inside the config (e.g. LongRoPE's `factors_file`) relative to `base_dir`, the
+    /// directory of the TOML file they were written in. [`load_scaling_config`] calls it for files; the default
+    /// does nothing (configs without paths).
+    fn resolve_relative_paths(&mut self, base_dir: &Path) {
+        let _ = base_dir;
+    }
 }
 
 /// A built scaling method: computes the tables of one layer for one forward.
@@ -56,16 +70,23 @@ pub fn parse_scaling_toml(text: &str, origin: &str) -> Result<Box<dyn ScalingCon
         .get("method")
         .and_then(|m| m.as_str())
         .ok_or_else(|| Error::config(origin, "missing string field `method` (the scaling plugin's name)"))?;
+    // Methods from loaded libraries (`--plugin`) are not `typetag` variants: see `dynamic`.
+    if let Some(config) = dynamic::parse_dynamic(&value, origin)? {
+        return Ok(config);
+    }
     registry::require(PluginKind::Scaling, method)?;
     toml::from_str::<Box<dyn ScalingConfig>>(text).map_err(|e| Error::config(origin, e.to_string()))
 }
 
 /// Load `--scaling CONFIG`: a path to a TOML file (anything that exists or ends in `.toml`), or a plugin name.
+/// Relative paths inside a TOML file are taken relative to that file's directory.
 pub fn load_scaling_config(spec: &str) -> Result<Box<dyn ScalingConfig>> {
     let path = Path::new(spec);
     if path.exists() || spec.ends_with(".toml") {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        parse_scaling_toml(&text, &path.display().to_string())
+        let mut config = parse_scaling_toml(&text, &path.display().to_string())?;
+        config.resolve_relative_paths(path.parent().unwrap_or(Path::new("")));
+        Ok(config)
     } else {
         registry::require(PluginKind::Scaling, spec)?;
         parse_scaling_toml(&format!("method = {spec:?}\n"), &format!("--scaling {spec}"))

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// One point of a search space: per-dimension factors plus optional retained start tokens and attention factor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,4 +40,18 @@ pub trait SearchStrategy: Send {
     fn observe(&mut self, scored: &[Scored]) -> Result<()>;
     /// The total number of evaluations this strategy will ask for (its budget).
     fn budget(&self) -> usize;
+
+    /// The strategy's whole state (population, counters, RNG state) as JSON, for checkpoints.
+    /// Called between an [`observe`](Self::observe) and the next [`propose`](Self::propose). The default
+    /// refuses: a strategy that returns `Err` here cannot be checkpointed or resumed.
+    fn save_state(&self) -> Result<serde_json::Value> {
+        Err(Error::invalid(format!("search strategy `{}`", self.name()), "does not support checkpoints"))
+    }
+
+    /// Restore a state written by [`save_state`](Self::save_state) on a strategy built from the same config;
+    /// the strategy then proposes exactly what the saved one would have proposed next.
+    fn load_state(&mut self, state: serde_json::Value) -> Result<()> {
+        let _ = state;
+        Err(Error::invalid(format!("search strategy `{}`", self.name()), "does not support checkpoints"))
+    }
 }

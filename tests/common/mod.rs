@@ -6,7 +6,12 @@ use std::process::{Command, Output};
 
 /// Every plugin the workspace's crates register, by kind. A name missing from `longrope plugins` means a
 /// plugin crate was not linked into the binary.
-pub const EXPECTED_PLUGINS: &[(&str, &[&str])] = &[];
+pub const EXPECTED_PLUGINS: &[(&str, &[&str])] = &[
+    ("arch", &["llama", "mistral"]),
+    ("evaluator", &["needle-ppl", "passkey", "ppl"]),
+    ("scaling", &["dynamic-ntk", "dynamic-yarn", "llama3", "longrope", "none", "ntk", "pi", "yarn"]),
+    ("search", &["evolution", "grid", "random"]),
+];
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -36,4 +41,30 @@ pub fn assets() -> PathBuf {
 pub fn smollm2() -> Option<PathBuf> {
     let p = assets().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     p.exists().then_some(p)
+}
+
+/// Path of a workspace `cdylib` (`lib<name>.so` on Linux), e.g. `cdylib("longrope_plugin_powerlaw")`.
+/// `cargo test --workspace` builds every one into `target/<profile>/deps/` (`cargo build` copies it up to
+/// `target/<profile>/`); the most recently built of the two is returned.
+pub fn cdylib(lib_name: &str) -> PathBuf {
+    let dir = longrope_bin().parent().expect("target/<profile>").to_path_buf();
+    let file = format!("{}{lib_name}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    [dir.join("deps").join(&file), dir.join(&file)]
+        .into_iter()
+        .filter(|p| p.exists())
+        .max_by_key(modified)
+        .unwrap_or_else(|| panic!("{file} not built: run `cargo test --workspace` (it builds the plugin libraries)"))
+}
+
+/// The tiny random Llama HF directory (2 layers, vocab 320, f32, untied head) written by
+/// `scripts/fixtures/model_golden.py`.
+pub fn tiny_llama() -> PathBuf {
+    root().join("tests/fixtures/tiny-llama")
+}
+
+/// The tiny random Mistral HF directory (2 layers, vocab 320, bf16 sharded, tied, sliding window 8) written by
+/// `scripts/fixtures/model_golden.py`.
+pub fn tiny_mistral() -> PathBuf {
+    root().join("tests/fixtures/tiny-mistral")
 }

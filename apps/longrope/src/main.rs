@@ -16,6 +16,9 @@ struct Cli {
     /// Log verbosity (error, warn, info, debug, trace); also read from RUST_LOG.
     #[arg(long, global = true, default_value = "warn")]
     log: String,
+    /// Load a dynamic plugin library (repeatable) before running the command; see docs/plugins.md.
+    #[arg(long = "plugin", global = true, value_name = "PATH")]
+    plugins: Vec<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,6 +29,30 @@ enum Command {
     Env(cmd::env::Args),
     /// List every registered plugin (scaling, search, arch, evaluator) with a one-line summary.
     Plugins(cmd::plugins::Args),
+    /// Inspect a model checkpoint (`model info PATH`): architecture, sizes, rope base, weight types.
+    Model(cmd::model::Args),
+    /// Greedy generation with a KV cache, optionally under a RoPE scaling method.
+    Generate(cmd::generate::Args),
+    /// Benchmarks: `bench forward` measures tokens/s and peak RSS of the scoring forward.
+    Bench(cmd::bench::Args),
+    /// Tokenize text files, directories or JSONL into a memory-mapped token store.
+    Tokenize(cmd::tokenize::Args),
+    /// Long-context perplexity (LongRoPE's sliding-window definition) at several lengths.
+    Ppl(cmd::evaluate::Args),
+    /// Passkey retrieval accuracy at several lengths (and depths).
+    Passkey(cmd::evaluate::Args),
+    /// Several evaluators x lengths in one model load (`--evaluators ppl,passkey,needle-ppl`).
+    Eval(cmd::evaluate::Args),
+    /// Inspect a RoPE scaling method's tables for one context (inv_freq, attn_factor, start tokens) and export
+    /// them as an HF `rope_scaling` block or a LongRoPE factor CSV.
+    Rope(cmd::rope::Args),
+    /// Search per-dimension RoPE factors (LongRoPE evolution; random and grid at the same budget), resumable.
+    Search(cmd::search::Args),
+    /// Run an experiment file (models x methods x evaluators x lengths, searches, ablations): cached cells,
+    /// results.json/csv, a Markdown report and plots.
+    Run(cmd::run::Args),
+    /// Merge the results of several experiment runs into one table per evaluator.
+    Compare(cmd::compare::Args),
 }
 
 /// Reference every plugin crate so the linker keeps their registrations.
@@ -42,9 +69,24 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if let Err(e) = cmd::plugins::load(&cli.plugins) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Env(a) => cmd::env::run(a),
         Command::Plugins(a) => cmd::plugins::run(a),
+        Command::Model(a) => cmd::model::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Tokenize(a) => cmd::tokenize::run(a),
+        Command::Ppl(a) => cmd::evaluate::run(cmd::evaluate::Which::Ppl, a),
+        Command::Passkey(a) => cmd::evaluate::run(cmd::evaluate::Which::Passkey, a),
+        Command::Eval(a) => cmd::evaluate::run(cmd::evaluate::Which::Eval, a),
+        Command::Rope(a) => cmd::rope::run(a),
+        Command::Run(a) => cmd::run::run(a),
+        Command::Compare(a) => cmd::compare::run(a),
+        Command::Search(a) => cmd::search::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

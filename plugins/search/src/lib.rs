@@ -1,4 +1,41 @@
-//! `longrope-search`: Search strategies (LongRoPE evolution, random, grid) and the search driver.
+//! `longrope-search`: search of RoPE rescale factors. LongRoPE's evolution (arXiv 2402.13753, Sec. 3.2,
+//! Alg. 1) with its `dim_mono` and `dim_piece_mono` spaces, and random and grid baselines that spend the same
+//! number of evaluations, all behind the core's [`longrope_core::SearchStrategy`]; a driver that
+//! deduplicates, records every evaluation, checkpoints after every generation and resumes exactly.
+//!
+//! - [`space`]: the candidate space shared by all strategies (bounds, monotonicity, grid, operators);
+//! - [`evolution`], [`random`], [`grid`]: the strategies (plugins `evolution`, `random`, `grid`);
+//! - [`config`]: the `SearchConfig` plugin trait and the search file;
+//! - [`seeds`]: PI/NTK/YaRN factors from the scaling registry;
+//! - [`fitness`]: the `Fitness` trait, parallel workers, a synthetic fitness;
+//! - [`model_fitness`]: `EvaluatorFitness`, a model + evaluator as the fitness (what real searches use);
+//! - [`driver`]: the loop, checkpoints and resume; [`outputs`]: the files a search writes.
+//!
+//! See `docs/search.md`.
+
+pub mod config;
+pub mod driver;
+pub mod error;
+pub mod evolution;
+pub mod fitness;
+pub mod grid;
+pub mod model_fitness;
+pub mod outputs;
+pub mod random;
+pub mod seeds;
+pub mod space;
+
+pub use config::{SearchConfig, SearchContext, SearchFile};
+pub use driver::{Driver, DriverOptions, Outcome, Summary};
+pub use error::{Result, SearchError};
+pub use fitness::{Evaluation, Fitness, ParallelFitness, SyntheticFitness};
+pub use model_fitness::{fitness_evaluator_config, EvaluatorFitness};
+pub use outputs::candidate_to_toml;
+pub use seeds::{RegistrySeeds, Seed, SeedSource};
+pub use space::{SearchSpace, SpaceConfig, SpaceKind};
 
 /// Referenced by the binary so the linker keeps this crate and its `inventory` registrations.
 pub fn link() {}
+
+#[cfg(test)]
+mod tests;

@@ -2,3 +2,12 @@
 
 pub mod env;
 pub mod plugins;
+pub mod model;
+pub mod generate;
+pub mod bench;
+pub mod evaluate;
+pub mod tokenize;
+pub mod rope;
+pub mod search;
+pub mod run;
+pub mod compare;

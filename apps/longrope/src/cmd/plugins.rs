@@ -1,7 +1,20 @@
-//! `longrope plugins [--json]`: every registered plugin by kind.
+//! `longrope plugins [--json]`: every registered plugin by kind, and [`load`] for `--plugin PATH` libraries.
+
+use std::path::PathBuf;
 
 use anyhow::Result;
 use longrope_core::registry::{self, PluginKind};
+
+/// Load dynamic plugin libraries (`--plugin PATH`, an experiment's `plugins = [...]`) and register them.
+/// A library already loaded is skipped; a bad one is an error naming its file, never a crash.
+pub fn load(paths: &[PathBuf]) -> Result<()> {
+    for path in paths {
+        // The error already names the file and what is wrong with it.
+        let plugin = longrope_plugin_abi::host::load_plugin(path)?;
+        tracing::info!(name = %plugin.name, path = %plugin.path.display(), "loaded plugin");
+    }
+    Ok(())
+}
 
 /// Arguments of `longrope plugins`.
 #[derive(Debug, clap::Args)]

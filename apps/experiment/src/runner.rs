@@ -1,0 +1,514 @@
+//! The experiment runner: searches first, then every cell (model x method x evaluator x length x seed), each
+//! model loaded once, each finished cell cached in `OUT/cells/KEY.json` (KEY = SHA-256 of the cell's resolved
+//! config), so a re-run or `--resume` skips it. Writes are atomic (temporary file + rename): a kill loses at
+//! most the cell in progress. Search steps run through `longrope_search::Driver` with the model-backed
+//! `EvaluatorFitness` and checkpoint per generation; a finished search is cached in
+//! `OUT/searches/NAME-HASH/experiment_summary.json`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use longrope_core::eval::{parse_evaluator_toml, Score, TokenSource};
+use longrope_core::model::{LanguageModel, LoadOptions, ModelSummary};
+use longrope_core::scaling::RopeSchedule;
+use longrope_core::search::Candidate;
+use longrope_core::RopeShape;
+use longrope_eval::data::Corpus;
+use longrope_search::driver::{DriverOptions, Outcome};
+use longrope_search::outputs::{CostAccount, CurvePoint};
+use longrope_search::{candidate_to_toml, fitness_evaluator_config, Driver, EvaluatorFitness};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{parse_scaling_table, referenced_files, EvalSpec, Experiment, MethodSource, MethodSpec, ModelEntry, SearchSpec};
+use crate::error::{ExperimentError, Result};
+use crate::report::{self, Machine, Results};
+
+/// Version of the cell identity; bump it when the meaning of a cached cell changes.
+pub const CELL_FORMAT: u32 = 1;
+
+/// How a run is driven.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOptions {
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// Reuse an output directory written by a different version of the experiment file (its unchanged cells
+    /// are skipped). The same experiment always reuses its cells.
+    pub resume: bool,
+    /// Stop cleanly after computing this many new cells (tests; splitting a long run into jobs).
+    pub stop_after_cells: Option<usize>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum RunOutcome {
+    /// Every cell is done; the report is written.
+    Finished(Box<Results>),
+    /// Stopped by [`RunOptions::stop_after_cells`] after computing this many cells.
+    Stopped {
+        /// Cells computed by this invocation.
+        computed: usize,
+    },
+}
+
+/// One finished cell, as cached in `cells/KEY.json` and listed in `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellResult {
+    /// The cell's cache key.
+    pub key: String,
+    /// Model name.
+    pub model: String,
+    /// Method name (`base[field=value]` for ablation variants).
+    pub method: String,
+    /// The `[[method]]` it derives from.
+    pub method_base: String,
+    /// Ablation settings (field, value).
+    pub ablation: Vec<(String, String)>,
+    /// `[[eval]]` entry name.
+    pub eval: String,
+    /// Evaluator plugin.
+    pub evaluator: String,
+    /// Context length evaluated.
+    pub length: usize,
+    /// Seed (when the entry has seeds).
+    pub seed: Option<u64>,
+    /// Target context `L'` of the scaling.
+    pub target: usize,
+    /// The model's trained context `L`.
+    pub trained_context: usize,
+    /// Scaling plugin name.
+    pub scaling: String,
+    /// Its resolved parameters.
+    pub scaling_params: serde_json::Value,
+    /// The evaluator's score.
+    pub score: Score,
+}
+
+/// A finished search step, as cached and listed in `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchResult {
+    /// Search name.
+    pub name: String,
+    /// The `[[search]]` it derives from.
+    pub base: String,
+    /// Model name.
+    pub model: String,
+    /// Strategy plugin.
+    pub strategy: String,
+    /// Fitness evaluator.
+    pub evaluator: String,
+    /// Target length `L'`.
+    pub target_length: usize,
+    /// The RoPE shape searched.
+    pub shape: RopeShape,
+    /// The best candidate.
+    pub best: Candidate,
+    /// Its fitness.
+    #[serde(with = "longrope_search::fitness::serde_fitness")]
+    pub best_fitness: f64,
+    /// Best fitness after each generation.
+    pub curve: Vec<CurvePoint>,
+    /// The cost account.
+    pub cost: CostAccount,
+    /// Identity hash (search config + model).
+    pub hash: String,
+    /// Its output directory, relative to the run's.
+    pub dir: String,
+}
+
+/// SHA-256 of a JSON value's canonical text (object keys sorted by `serde_json`'s map).
+pub fn hash_json(v: &serde_json::Value) -> String {
+    let text = serde_json::to_string(v).expect("JSON values serialize");
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| ExperimentError::io(path, e))?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A file name from a free-form name (ablation variants have brackets and `=`).
+pub fn file_stem(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
+}
+
+/// Write `bytes` to `path` atomically (temporary file beside it, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| ExperimentError::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| ExperimentError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| ExperimentError::io(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| ExperimentError::io(path, e))
+}
+
+fn model_identity(m: &ModelEntry) -> serde_json::Value {
+    let path = std::fs::canonicalize(&m.path).unwrap_or_else(|_| m.path.clone());
+    serde_json::json!({"path": path.display().to_string(), "dtype": m.dtype, "device": m.device})
+}
+
+/// Documents of several corpus paths, one after another.
+struct MultiSource {
+    parts: Vec<Corpus>,
+    index: Vec<(usize, usize)>,
+}
+
+impl MultiSource {
+    fn open(paths: &[PathBuf], tokenizer: &tokenizers::Tokenizer) -> Result<Self> {
+        let mut parts = Vec::new();
+        let mut index = Vec::new();
+        for (p, path) in paths.iter().enumerate() {
+            let c = Corpus::open(path, tokenizer)?;
+            for i in 0..c.source().num_docs() {
+                index.push((p, i));
+            }
+            parts.push(c);
+        }
+        Ok(MultiSource { parts, index })
+    }
+}
+
+impl TokenSource for MultiSource {
+    fn num_docs(&self) -> usize {
+        self.index.len()
+    }
+    fn doc_name(&self, i: usize) -> String {
+        let (p, j) = self.index[i];
+        self.parts[p].source().doc_name(j)
+    }
+    fn doc_len(&self, i: usize) -> usize {
+        let (p, j) = self.index[i];
+        self.parts[p].source().doc_len(j)
+    }
+    fn doc(&self, i: usize) -> longrope_core::Result<Vec<u32>> {
+        let (p, j) = self.index[i];
+        self.parts[p].source().doc(j)
+    }
+}
+
+/// The data identity of a corpus list: paths and sizes.
+fn data_identity(paths: &[PathBuf]) -> serde_json::Value {
+    paths
+        .iter()
+        .map(|p| {
+            let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            serde_json::json!({"path": p.display().to_string(), "bytes": size})
+        })
+        .collect()
+}
+
+/// One planned cell.
+struct Planned<'e> {
+    method: &'e MethodSpec,
+    eval: &'e EvalSpec,
+    length: usize,
+    seed: Option<u64>,
+    key: String,
+    scaling_table: toml::Table,
+    base_dir: PathBuf,
+    target: Option<usize>,
+}
+
+fn load_model(m: &ModelEntry) -> Result<Box<dyn LanguageModel>> {
+    let device = if m.device == "auto" {
+        if tch::Cuda::is_available() { tch::Device::Cuda(0) } else { tch::Device::Cpu }
+    } else {
+        longrope_core::device::parse_device(&m.device)?
+    };
+    let options = LoadOptions { device, dtype: longrope_core::device::parse_dtype(&m.dtype)?, sliding_window: None };
+    Ok(longrope_models::load(&m.path, &options)?)
+}
+
+/// A loaded model with its corpus, created on first use.
+struct Loaded {
+    model: Box<dyn LanguageModel>,
+    data: Option<MultiSource>,
+}
+
+/// Run an experiment into `opts.out_dir`; `log` receives one progress line per step.
+pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> Result<RunOutcome> {
+    let started = Instant::now();
+    let out = &opts.out_dir;
+    let cells_dir = out.join("cells");
+    for d in [out.clone(), cells_dir.clone(), out.join("searches"), out.join("models")] {
+        std::fs::create_dir_all(&d).map_err(|e| ExperimentError::io(&d, e))?;
+    }
+    // The manifest ties the directory to one experiment file.
+    let file_json = serde_json::to_value(&exp.file).expect("experiment files serialize");
+    let config_hash = hash_json(&file_json);
+    let manifest_path = out.join("experiment.json");
+    if let Ok(text) = std::fs::read_to_string(&manifest_path) {
+        let old: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if old.get("config_hash").and_then(|h| h.as_str()) != Some(config_hash.as_str()) && !opts.resume {
+            return Err(ExperimentError::OutDir {
+                path: out.clone(),
+                message: format!(
+                    "holds results of another version of the experiment (`{}`): pass --resume to reuse its unchanged cells, or choose another --out",
+                    old.get("name").and_then(|n| n.as_str()).unwrap_or("?")
+                ),
+            });
+        }
+    }
+    let manifest = serde_json::json!({"name": exp.file.name, "config_hash": config_hash, "experiment": exp.path.display().to_string(), "config": file_json});
+    write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest).expect("json").as_bytes())?;
+
+    let total_cells: usize = exp
+        .models
+        .iter()
+        .map(|m| {
+            exp.evals
+                .iter()
+                .filter(|e| exp.eval_runs_on(e, &m.name))
+                .map(|e| exp.methods_for(e).len() * e.lengths.len() * e.seeds.len())
+                .sum::<usize>()
+        })
+        .sum();
+    let mut done = 0usize;
+    let mut computed = 0usize;
+    let mut searches: Vec<SearchResult> = Vec::new();
+    let mut summaries: BTreeMap<String, ModelSummary> = BTreeMap::new();
+    let mut cells: Vec<CellResult> = Vec::new();
+
+    for m in &exp.models {
+        let mut loaded: Option<Loaded> = None;
+        let summary_path = out.join("models").join(format!("{}.json", file_stem(&m.name)));
+        // Searches on this model.
+        for s in exp.searches.iter().filter(|s| s.model == m.name) {
+            let r = run_search(exp, s, m, out, &mut loaded, log)?;
+            searches.push(r);
+        }
+        // Plan the cells.
+        let mut planned = Vec::new();
+        for e in exp.evals.iter().filter(|e| exp.eval_runs_on(e, &m.name)) {
+            for method in exp.methods_for(e) {
+                let (scaling_table, base_dir, from_target, scaling_id) = match &method.source {
+                    MethodSource::Scaling { table, base_dir } => {
+                        let config = parse_scaling_table(table, base_dir, &method.name)?;
+                        let mut files = serde_json::Map::new();
+                        for (field, p) in referenced_files(table, base_dir) {
+                            files.insert(field, serde_json::Value::String(sha_file(&p)?));
+                        }
+                        let id = serde_json::json!({"config": serde_json::to_value(&config).unwrap_or_default(), "files": files});
+                        (table.clone(), base_dir.clone(), None, id)
+                    }
+                    MethodSource::FromSearch(name) => {
+                        let r = searches.iter().find(|r| &r.name == name).ok_or_else(|| {
+                            ExperimentError::config(&exp.path, format!("method `{}`: search `{name}` runs on another model than `{}`", method.name, m.name))
+                        })?;
+                        let text = candidate_to_toml(&r.best, &r.shape);
+                        let table: toml::Table = toml::from_str(&text).expect("candidate TOML parses");
+                        let id = serde_json::json!({"from_search": r.hash, "config": text});
+                        (table, exp.path.parent().unwrap_or(Path::new("")).to_path_buf(), Some(r.target_length), id)
+                    }
+                };
+                let target = method.target.or(from_target).or(exp.file.target);
+                for &length in &e.lengths {
+                    for &seed in &e.seeds {
+                        let identity = serde_json::json!({
+                            "format": CELL_FORMAT,
+                            "model": model_identity(m),
+                            "scaling": scaling_id,
+                            "target": target,
+                            "target_rule": if target.is_none() { serde_json::json!({"longest": exp.longest_length(&m.name)}) } else { serde_json::Value::Null },
+                            "evaluator": serde_json::to_value(e.table_for(seed)).unwrap_or_default(),
+                            "length": length,
+                            "data": if e.evaluator == "passkey" { serde_json::Value::Null } else { data_identity(&exp.corpus) },
+                        });
+                        planned.push(Planned {
+                            method,
+                            eval: e,
+                            length,
+                            seed,
+                            key: hash_json(&identity),
+                            scaling_table: scaling_table.clone(),
+                            base_dir: base_dir.clone(),
+                            target,
+                        });
+                    }
+                }
+            }
+        }
+        // Run them.
+        for p in planned {
+            done += 1;
+            let cell_path = cells_dir.join(format!("{}.json", p.key));
+            let label = format!(
+                "[{done:>3}/{total_cells}] {} {} {}@{}{}",
+                m.name,
+                p.method.name,
+                p.eval.name,
+                p.length,
+                p.seed.map(|s| format!(" seed={s}")).unwrap_or_default()
+            );
+            if let Ok(text) = std::fs::read_to_string(&cell_path) {
+                if let Ok(cell) = serde_json::from_str::<CellResult>(&text) {
+                    log(format!("{label}: {} = {:.4} (cached)", cell.score.metric, cell.score.value));
+                    cells.push(CellResult { model: m.name.clone(), method: p.method.name.clone(), eval: p.eval.name.clone(), ..cell });
+                    continue;
+                }
+            }
+            if let Some(k) = opts.stop_after_cells {
+                if computed >= k {
+                    log(format!("stopped after {computed} new cells (--stop-after-cells); run again to continue"));
+                    return Ok(RunOutcome::Stopped { computed });
+                }
+            }
+            if loaded.is_none() {
+                log(format!("loading model {} ({})", m.name, m.path.display()));
+                let model = load_model(m)?;
+                let data = if exp.corpus.is_empty() { None } else { Some(MultiSource::open(&exp.corpus, model.tokenizer())?) };
+                loaded = Some(Loaded { model, data });
+            }
+            let l = loaded.as_ref().expect("loaded above");
+            let s = l.model.summary().clone();
+            let trained = s.max_position_embeddings;
+            let target = p.target.unwrap_or_else(|| exp.longest_length(&m.name).max(trained));
+            let config = parse_scaling_table(&p.scaling_table, &p.base_dir, &p.method.name)?;
+            let schedule = RopeSchedule::new(config.as_ref(), s.rope_shape(target))?;
+            let text = toml::to_string(&p.eval.table_for(p.seed)).expect("tables serialize");
+            let evaluator = parse_evaluator_toml(&text, &p.eval.name)?.build()?;
+            let empty = longrope_eval::data::TokenDocs::default();
+            let source: &dyn TokenSource = match &l.data {
+                Some(d) => d,
+                None => &empty,
+            };
+            let score = evaluator.evaluate(l.model.as_ref(), &schedule, p.length, source).map_err(|e| {
+                ExperimentError::Core(longrope_core::Error::invalid(format!("cell {label}"), format!("{e} (finished cells are cached in {})", cells_dir.display())))
+            })?;
+            log(format!("{label}: {} = {:.4} ({} tokens, {:.1} s)", score.metric, score.value, score.tokens, score.seconds));
+            let cell = CellResult {
+                key: p.key.clone(),
+                model: m.name.clone(),
+                method: p.method.name.clone(),
+                method_base: p.method.base.clone(),
+                ablation: p.method.ablation.clone(),
+                eval: p.eval.name.clone(),
+                evaluator: p.eval.evaluator.clone(),
+                length: p.length,
+                seed: p.seed,
+                target,
+                trained_context: trained,
+                scaling: schedule.method.name().to_string(),
+                scaling_params: schedule.method.params(),
+                score,
+            };
+            write_atomic(&cell_path, serde_json::to_string_pretty(&cell).expect("cells serialize").as_bytes())?;
+            cells.push(cell);
+            computed += 1;
+        }
+        if let Some(l) = &loaded {
+            let s = l.model.summary().clone();
+            write_atomic(&summary_path, serde_json::to_string_pretty(&s).expect("json").as_bytes())?;
+        }
+        if let Ok(text) = std::fs::read_to_string(&summary_path) {
+            if let Ok(s) = serde_json::from_str::<ModelSummary>(&text) {
+                summaries.insert(m.name.clone(), s);
+            }
+        }
+    }
+    let results = Results {
+        experiment: exp.file.name.clone(),
+        description: exp.file.description.clone(),
+        config_hash,
+        models: exp
+            .models
+            .iter()
+            .map(|m| report::ModelInfo {
+                name: m.name.clone(),
+                path: m.path.display().to_string(),
+                dtype: m.dtype.clone(),
+                device: m.device.clone(),
+                summary: summaries.get(&m.name).cloned(),
+            })
+            .collect(),
+        cells,
+        searches,
+        machine: Machine::detect(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    report::write_all(out, &results, log)?;
+    Ok(RunOutcome::Finished(Box::new(results)))
+}
+
+/// Run (or load the cached result of) one search step.
+fn run_search(
+    exp: &Experiment,
+    s: &SearchSpec,
+    m: &ModelEntry,
+    out: &Path,
+    loaded: &mut Option<Loaded>,
+    log: &mut dyn FnMut(String),
+) -> Result<SearchResult> {
+    let mut file_json = serde_json::to_value(&s.file).unwrap_or_default();
+    if let Some(o) = file_json.as_object_mut() {
+        o.remove("workers");
+        o.remove("model");
+        o.remove("shape");
+    }
+    let corpus = if s.file.fitness.corpus.is_empty() { exp.corpus.clone() } else { s.file.fitness.corpus.clone() };
+    let hash = hash_json(&serde_json::json!({"search": file_json, "model": model_identity(m), "data": data_identity(&corpus)}));
+    let rel = format!("searches/{}-{}", file_stem(&s.name), &hash[..12]);
+    let dir = out.join(&rel);
+    let summary_path = dir.join("experiment_summary.json");
+    if let Ok(text) = std::fs::read_to_string(&summary_path) {
+        if let Ok(r) = serde_json::from_str::<SearchResult>(&text) {
+            log(format!("search {}: best fitness {:.4} after {} evaluations (cached)", s.name, r.best_fitness, r.cost.evaluations));
+            return Ok(r);
+        }
+    }
+    if loaded.is_none() {
+        log(format!("loading model {} ({})", m.name, m.path.display()));
+        let model = load_model(m)?;
+        let data = if exp.corpus.is_empty() { None } else { Some(MultiSource::open(&exp.corpus, model.tokenizer())?) };
+        *loaded = Some(Loaded { model, data });
+    }
+    let l = loaded.as_ref().expect("loaded above");
+    let own;
+    let source: &dyn TokenSource = if s.file.fitness.corpus.is_empty() {
+        l.data.as_ref().ok_or_else(|| ExperimentError::config(&exp.path, format!("search `{}`: no corpus", s.name)))?
+    } else {
+        own = MultiSource::open(&s.file.fitness.corpus, l.model.tokenizer())?;
+        &own
+    };
+    let shape = l.model.summary().rope_shape(s.file.target_length);
+    let (strategy, _ctx) = s.file.build(&shape, &s.file.registry_seeds())?;
+    let strategy_name = strategy.name().to_string();
+    let evaluator = fitness_evaluator_config(&s.file.fitness)?.build()?;
+    let mut fitness = EvaluatorFitness::new(l.model.as_ref(), evaluator, source, shape.clone());
+    let resume = dir.join("checkpoint.json").exists();
+    log(format!(
+        "search {}: {} on {} at {} tokens, budget {} evaluations{}",
+        s.name,
+        strategy_name,
+        m.name,
+        s.file.target_length,
+        s.file.strategy.budget(),
+        if resume { " (resuming)" } else { "" }
+    ));
+    let opts = DriverOptions { out_dir: dir.clone(), resume, stop_after_generations: None, progress: true };
+    let outcome = Driver::new(strategy, &mut fitness, shape.clone(), s.file.meta(&shape), opts).run()?;
+    let Outcome::Finished(summary) = outcome else {
+        return Err(ExperimentError::config(&exp.path, format!("search `{}` stopped before finishing", s.name)));
+    };
+    let r = SearchResult {
+        name: s.name.clone(),
+        base: s.base.clone(),
+        model: m.name.clone(),
+        strategy: strategy_name,
+        evaluator: s.file.fitness.evaluator.clone(),
+        target_length: s.file.target_length,
+        shape,
+        best: summary.best.candidate.clone(),
+        best_fitness: summary.best.fitness,
+        curve: summary.curve,
+        cost: summary.cost,
+        hash,
+        dir: rel,
+    };
+    log(format!("search {}: best fitness {:.4} after {} evaluations", s.name, r.best_fitness, r.cost.evaluations));
+    write_atomic(&summary_path, serde_json::to_string_pretty(&r).expect("json").as_bytes())?;
+    Ok(r)
+}

@@ -1,0 +1,116 @@
+//! `longrope bench forward --model PATH --lengths 1024,4096 --dtypes f32,bf16`: tokens/s of the scoring
+//! forward (trunk + chunked LM head + log-softmax, i.e. `LanguageModel::nll`) and peak RSS per run.
+//!
+//! Peak RSS is `VmHWM` of `/proc/self/status`, reset before each run by writing `5` to
+//! `/proc/self/clear_refs` (Linux), so each number is that run's peak (weights included).
+//! `scripts/bench_hf.py` measures HF transformers the same way.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use longrope_core::device::dtype_name;
+
+use super::model::{load_model, original_tables};
+
+/// Arguments of `longrope bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BenchCommand {
+    /// Time the scoring forward at several lengths and dtypes; report tokens/s and peak RSS.
+    Forward(ForwardArgs),
+}
+
+/// Arguments of `longrope bench forward`.
+#[derive(Debug, clap::Args)]
+pub struct ForwardArgs {
+    /// A `.gguf` file or an HF model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Sequence lengths, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1024,4096")]
+    lengths: Vec<usize>,
+    /// Compute dtypes, comma-separated (f32, bf16, f16).
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    dtypes: Vec<String>,
+    /// Device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Print one JSON array of runs.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Run `longrope bench ...`.
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        BenchCommand::Forward(a) => forward(a),
+    }
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM`), if readable.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn forward(args: ForwardArgs) -> Result<()> {
+    if args.lengths.is_empty() || args.lengths.contains(&0) {
+        bail!("--lengths must list positive lengths");
+    }
+    let mut runs = Vec::new();
+    for dtype in &args.dtypes {
+        let model = load_model(&args.model, &args.device, dtype, None)?;
+        let vocab = model.summary().vocab_size as u64;
+        let tables = original_tables(model.as_ref());
+        let max = *args.lengths.iter().max().expect("non-empty");
+        // Deterministic pseudo-random ids (throughput does not depend on the text).
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let tokens: Vec<i64> = (0..max)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((x >> 33) % vocab) as i64
+            })
+            .collect();
+        for &len in &args.lengths {
+            reset_peak_rss();
+            let t0 = Instant::now();
+            let nll = model.nll(&tokens[..len], &tables, 0)?;
+            let secs = t0.elapsed().as_secs_f64();
+            let run = serde_json::json!({
+                "dtype": dtype_name(model.dtype()),
+                "tokens": len,
+                "seconds": secs,
+                "tokens_per_s": len as f64 / secs,
+                "peak_rss_mib": peak_rss_mib(),
+                "mean_nll": nll.mean(),
+            });
+            if !args.json {
+                println!(
+                    "{:>5} {:>7} tokens  {:>8.2} s  {:>8.1} tok/s  peak RSS {:>8.0} MiB",
+                    run["dtype"].as_str().unwrap_or(""),
+                    len,
+                    secs,
+                    len as f64 / secs,
+                    peak_rss_mib().unwrap_or(f64::NAN)
+                );
+            }
+            runs.push(run);
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+    }
+    Ok(())
+}

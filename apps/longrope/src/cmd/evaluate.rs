@@ -1,0 +1,240 @@
+//! `longrope ppl`, `longrope passkey`, `longrope eval`: evaluators x lengths on one loaded model.
+//!
+//! The scaling tables follow each evaluated length (dynamic methods and short/long switching recompute them);
+//! the target context `L'` of the scaling defaults to the longest length (at least the trained context), so a
+//! plugin name means "extend to the longest length asked for". Results are printed (text or one JSON document)
+//! and written after every length to `OUT/results.json` and `OUT/results.csv`, so an error later loses nothing.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use longrope_core::eval::{parse_evaluator_toml, EvaluatorConfig, Score};
+use longrope_eval::data::{Corpus, TokenDocs};
+use longrope_eval::passkey::PasskeyConfig;
+use longrope_eval::ppl::PplConfig;
+use longrope_eval::needle::NeedleConfig;
+
+use super::model::{load_model, schedule};
+
+/// Arguments shared by `ppl`, `passkey` and `eval`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A `.gguf` file or an HF model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Corpus: a text file, a directory of them, JSONL (`text` field) or a token store (`longrope tokenize`).
+    /// Not needed by `passkey`.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// RoPE scaling: a plugin name or a TOML file (default `none`: the model's own RoPE).
+    #[arg(long)]
+    scaling: Option<String>,
+    /// Target context `L'` of the scaling (default: the longest length, at least the trained context).
+    #[arg(long)]
+    target: Option<usize>,
+    /// Context lengths in tokens, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    lengths: Vec<usize>,
+    /// Documents (ppl, needle-ppl) or samples (passkey) per length.
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Seed (passkey keys and depths; needle-ppl; document shuffling for ppl when given).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// ppl: one window of the first N tokens per document.
+    #[arg(long)]
+    truncate: bool,
+    /// ppl: stride between windows.
+    #[arg(long)]
+    sliding_window: Option<usize>,
+    /// ppl: at most this many windows per document.
+    #[arg(long)]
+    max_sliding_count: Option<usize>,
+    /// passkey: depths of the key in [0, 1], comma-separated (default: random per sample).
+    #[arg(long, value_delimiter = ',')]
+    depths: Option<Vec<f64>>,
+    /// Prepend BOS (true/false; default: when the model has a BOS token).
+    #[arg(long)]
+    add_bos: Option<bool>,
+    /// eval: evaluators by name (ppl, passkey, needle-ppl) or TOML files, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    evaluators: Vec<String>,
+    /// Device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype: f32, bf16, f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Directory for results.json and results.csv (default: runs/<command>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Which command is running.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Which {
+    /// `longrope ppl`.
+    Ppl,
+    /// `longrope passkey`.
+    Passkey,
+    /// `longrope eval`.
+    Eval,
+}
+
+fn evaluator_config(name: &str, args: &Args) -> Result<Box<dyn EvaluatorConfig>> {
+    if name.ends_with(".toml") || Path::new(name).exists() {
+        let text = std::fs::read_to_string(name).with_context(|| format!("reading {name}"))?;
+        return Ok(parse_evaluator_toml(&text, name)?);
+    }
+    Ok(match name {
+        "ppl" => {
+            let mut c = PplConfig::default();
+            c.truncate = args.truncate;
+            c.sliding_window = args.sliding_window.unwrap_or(c.sliding_window);
+            c.max_sliding_count = args.max_sliding_count.unwrap_or(c.max_sliding_count);
+            c.samples = args.samples.unwrap_or(c.samples);
+            c.shuffle_seed = args.seed;
+            c.add_bos = args.add_bos;
+            Box::new(c)
+        }
+        "passkey" => {
+            let mut c = PasskeyConfig::default();
+            c.samples = args.samples.unwrap_or(c.samples);
+            c.seed = args.seed.unwrap_or(c.seed);
+            c.depths = args.depths.clone();
+            c.add_bos = args.add_bos;
+            Box::new(c)
+        }
+        "needle-ppl" => {
+            let mut c = NeedleConfig::default();
+            c.samples = args.samples.unwrap_or(c.samples);
+            c.seed = args.seed.unwrap_or(c.seed);
+            c.add_bos = args.add_bos;
+            Box::new(c)
+        }
+        other => {
+            // Goes through the registry so the error lists the known evaluators.
+            longrope_core::registry::require(longrope_core::PluginKind::Evaluator, other)?;
+            bail!("evaluator `{other}` takes its settings from a TOML file: pass `--evaluators FILE.toml`")
+        }
+    })
+}
+
+/// One score as the JSON/CSV outputs show it.
+fn score_json(s: &Score) -> serde_json::Value {
+    let items_key = if s.evaluator == "passkey" { "per_sample" } else { "per_document" };
+    let mut v = serde_json::json!({
+        "evaluator": s.evaluator,
+        "length": s.length,
+        "metric": s.metric,
+        items_key: s.per_item.iter().map(|i| serde_json::json!({"name": i.name, s.metric.clone(): i.value})).collect::<Vec<_>>(),
+        "tokens": s.tokens,
+        "seconds": s.seconds,
+    });
+    v[s.metric.as_str()] = serde_json::json!(s.value);
+    if !s.details.is_null() {
+        v["details"] = s.details.clone();
+    }
+    v
+}
+
+fn write_outputs(out: &Path, header: &serde_json::Value, scores: &[Score]) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut doc = header.clone();
+    doc["results"] = scores.iter().map(score_json).collect();
+    let json_path = out.join("results.json");
+    let tmp = out.join("results.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &json_path).with_context(|| format!("writing {}", json_path.display()))?;
+    let mut csv = String::from("evaluator,length,metric,value,tokens,seconds\n");
+    for s in scores {
+        csv.push_str(&format!("{},{},{},{},{},{:.3}\n", s.evaluator, s.length, s.metric, s.value, s.tokens, s.seconds));
+    }
+    let csv_path = out.join("results.csv");
+    std::fs::write(&csv_path, csv).with_context(|| format!("writing {}", csv_path.display()))?;
+    Ok(())
+}
+
+/// Run `ppl`, `passkey` or `eval`.
+pub fn run(which: Which, args: Args) -> Result<()> {
+    let names: Vec<String> = match which {
+        Which::Ppl => vec!["ppl".into()],
+        Which::Passkey => vec!["passkey".into()],
+        Which::Eval if args.evaluators.is_empty() => bail!("--evaluators is required (e.g. ppl,passkey)"),
+        Which::Eval => args.evaluators.clone(),
+    };
+    let mut evaluators = Vec::new();
+    for n in &names {
+        let config = evaluator_config(n, &args)?;
+        evaluators.push((n.clone(), config.build().with_context(|| format!("evaluator {n}"))?));
+    }
+    if args.lengths.iter().any(|&l| l < 8) {
+        bail!("--lengths: every length must be at least 8 tokens, got {:?}", args.lengths);
+    }
+    let needs_data = names.iter().any(|n| n != "passkey");
+    if needs_data && args.data.is_none() {
+        bail!("--data is required for {}", names.join(", "));
+    }
+    let model = load_model(&args.model, &args.device, &args.dtype, None)?;
+    let trained = model.summary().max_position_embeddings;
+    let longest = args.lengths.iter().copied().max().unwrap_or(trained);
+    let target = args.target.unwrap_or(longest.max(trained));
+    let schedule = schedule(model.as_ref(), args.scaling.as_deref(), Some(target))?;
+    let corpus = match &args.data {
+        Some(d) => Some(Corpus::open(d, model.tokenizer()).with_context(|| format!("--data {}", d.display()))?),
+        None => None,
+    };
+    let empty = TokenDocs::default();
+    let source = corpus.as_ref().map(|c| c.source()).unwrap_or(&empty);
+    let command = match which {
+        Which::Ppl => "ppl",
+        Which::Passkey => "passkey",
+        Which::Eval => "eval",
+    };
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(command));
+    let header = serde_json::json!({
+        "command": command,
+        "model": args.model.display().to_string(),
+        "data": args.data.as_ref().map(|d| d.display().to_string()),
+        "scaling": schedule.method.name(),
+        "scaling_params": schedule.method.params(),
+        "original_max_position_embeddings": trained,
+        "target": target,
+        "dtype": args.dtype,
+        "device": args.device,
+    });
+    let mut scores: Vec<Score> = Vec::new();
+    for (name, evaluator) in &evaluators {
+        for &length in &args.lengths {
+            let score = evaluator
+                .evaluate(model.as_ref(), &schedule, length, source)
+                .with_context(|| format!("{name} at {length} tokens (results so far are in {})", out.display()));
+            let score = match score {
+                Ok(s) => s,
+                Err(e) => {
+                    write_outputs(&out, &header, &scores)?;
+                    return Err(e);
+                }
+            };
+            if !args.json {
+                println!(
+                    "{:<11} {:>7} tokens  {} = {:.4}   ({} tokens in {:.1} s)",
+                    name, length, score.metric, score.value, score.tokens, score.seconds
+                );
+            }
+            scores.push(score);
+            write_outputs(&out, &header, &scores)?;
+        }
+    }
+    if args.json {
+        let mut doc = header;
+        doc["results"] = scores.iter().map(score_json).collect();
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("results: {}/results.json, {}/results.csv", out.display(), out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! `longrope tokenize`: text files, directories of them or JSONL -> a memory-mapped token store tied to the
+//! model's tokenizer (see `longrope_eval::store`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use longrope_eval::data::{read_text_docs, tokenize_docs};
+use longrope_eval::store::{TokenStore, TokenizerId};
+use longrope_models::Format;
+
+/// Arguments of `longrope tokenize`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The model whose tokenizer to use: a `.gguf` file, an HF directory, or a `tokenizer.json`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Inputs: text files (one document each), `.jsonl` files (`text` field per line) or directories of them.
+    #[arg(long = "input", required = true, num_args = 1..)]
+    inputs: Vec<PathBuf>,
+    /// Output store directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Keep only documents with at least this many tokens.
+    #[arg(long, default_value_t = 0)]
+    min_tokens: usize,
+    /// Print a JSON summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The tokenizer of a model path (GGUF metadata, an HF directory's `tokenizer.json`, or that file itself).
+pub fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
+    if path.file_name().and_then(|n| n.to_str()) == Some("tokenizer.json") {
+        return Ok(longrope_models::tokenizer::from_file(path)?);
+    }
+    match Format::of(path)? {
+        Format::Gguf => {
+            let g = longrope_models::gguf::GgufFile::open(path)?;
+            Ok(longrope_models::tokenizer::from_gguf(&g)?)
+        }
+        Format::HfDir(dir) => Ok(longrope_models::tokenizer::from_file(&dir.join("tokenizer.json"))?),
+    }
+}
+
+/// Run `longrope tokenize`.
+pub fn run(args: Args) -> Result<()> {
+    let tokenizer = load_tokenizer(&args.model).with_context(|| format!("tokenizer of {}", args.model.display()))?;
+    let mut docs = Vec::new();
+    for input in &args.inputs {
+        docs.extend(read_text_docs(input)?);
+    }
+    let tokenized = tokenize_docs(&tokenizer, &docs)?;
+    let before = tokenized.len();
+    let kept: Vec<(String, Vec<u32>)> = tokenized.into_iter().filter(|(_, ids)| ids.len() >= args.min_tokens).collect();
+    let index = TokenStore::write(&args.out, &TokenizerId::of(&tokenizer)?, &kept)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "store": args.out.display().to_string(),
+                "documents": index.docs.len(),
+                "dropped_short": before - index.docs.len(),
+                "total_tokens": index.total_tokens,
+                "tokenizer": index.tokenizer,
+                "docs": index.docs,
+            }))?
+        );
+    } else {
+        println!(
+            "{}: {} documents ({} shorter than {} dropped), {} tokens",
+            args.out.display(),
+            index.docs.len(),
+            before - index.docs.len(),
+            args.min_tokens,
+            index.total_tokens
+        );
+        for d in &index.docs {
+            println!("  {:<40} {:>9} tokens", d.name, d.len);
+        }
+    }
+    Ok(())
+}

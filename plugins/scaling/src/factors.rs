@@ -1,0 +1,283 @@
+//! Per-dimension rescale factors `lambda_i` (LongRoPE, arXiv 2402.13753 Eq. 2: `theta'_i = theta_i / lambda_i`)
+//! and the files that carry them:
+//! - LongRoPE's CSV (microsoft/LongRoPE, read with `np.loadtxt(delimiter=',')`): `d/2` values, one per line
+//!   (or all on one line), or one line per layer with `d/2` comma-separated values (`layers x d/2`);
+//! - HF `config.json`: the `rope_scaling` block of `rope_type = "longrope"` (`short_factor`, `long_factor`,
+//!   `original_max_position_embeddings`, `attention_factor`), which HF transformers and vLLM run unchanged.
+//!
+//! [`factors_of`] turns the tables of any method into factors, so PI, NTK, YaRN ... can seed a LongRoPE search
+//! or be exported as a `longrope` block ([`hf_rope_scaling`]).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use longrope_core::{PositionScaling, RopeShape, RopeTables};
+use serde::{Deserialize, Serialize};
+
+use crate::checks;
+use crate::error::{Result, ScalingError};
+use crate::longrope::LongRopeConfig;
+
+/// Rescale factors: one row of `d/2` values shared by every layer, or one row per layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged, expecting = "a list of head_dim/2 numbers, or a list of num_layers lists of head_dim/2 numbers")]
+pub enum FactorTable {
+    /// `d/2` factors used by every layer.
+    Shared(Vec<f64>),
+    /// `num_layers` rows of `d/2` factors.
+    PerLayer(Vec<Vec<f64>>),
+}
+
+impl FactorTable {
+    /// Whether the factors differ per layer.
+    pub fn is_per_layer(&self) -> bool {
+        matches!(self, FactorTable::PerLayer(_))
+    }
+
+    /// The factors of layer `layer` (the shared row for every layer when not per-layer). `None` when a
+    /// per-layer table has no such row.
+    pub fn row(&self, layer: usize) -> Option<&[f64]> {
+        match self {
+            FactorTable::Shared(v) => Some(v),
+            FactorTable::PerLayer(rows) => rows.get(layer).map(Vec::as_slice),
+        }
+    }
+
+    /// Check the table: rows of `half = d/2` values, `num_layers` rows when per-layer, every value finite and
+    /// `>= min`. `field` names the table in errors (`longrope.factors`, a file path).
+    pub fn validate(&self, field: &str, half: usize, num_layers: usize, min: f64) -> Result<()> {
+        let check_row = |name: String, row: &[f64]| -> Result<()> {
+            if row.len() != half {
+                return Err(ScalingError::WrongCount {
+                    field: name,
+                    expected: half,
+                    got: row.len(),
+                    unit: "factors (head_dim/2)".into(),
+                });
+            }
+            for (i, v) in row.iter().enumerate() {
+                checks::at_least(
+                    &format!("{name}[{i}]"),
+                    *v,
+                    min,
+                    "LongRoPE factors are >= 1 (theta_i / lambda_i never raises a frequency)",
+                )?;
+            }
+            Ok(())
+        };
+        match self {
+            FactorTable::Shared(v) => check_row(field.to_string(), v),
+            FactorTable::PerLayer(rows) => {
+                if rows.len() != num_layers {
+                    return Err(ScalingError::WrongCount {
+                        field: field.to_string(),
+                        expected: num_layers,
+                        got: rows.len(),
+                        unit: "rows (one per layer)".into(),
+                    });
+                }
+                rows.iter().enumerate().try_for_each(|(l, row)| check_row(format!("{field}[layer {l}]"), row))
+            }
+        }
+    }
+}
+
+/// The factors `lambda_i = theta_i / theta'_i` of tables for a shape (the base frequencies over the scaled ones).
+pub fn factors_of(tables: &RopeTables, shape: &RopeShape) -> Vec<f64> {
+    shape.base_inv_freq().iter().zip(&tables.inv_freq).map(|(theta, scaled)| theta / scaled).collect()
+}
+
+/// Parse LongRoPE's CSV text. `origin` names the source in errors. Blank lines and lines starting with `#`
+/// are skipped. One value per line, or a single line, gives [`FactorTable::Shared`]; several lines of several
+/// values give [`FactorTable::PerLayer`] (all rows must have the same length).
+pub fn parse_csv(text: &str, origin: &Path) -> Result<FactorTable> {
+    let mut rows: Vec<(usize, Vec<f64>)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut row = Vec::new();
+        for (col, cell) in line.split(',').enumerate() {
+            let cell = cell.trim();
+            let v: f64 = cell.parse().map_err(|_| ScalingError::Csv {
+                path: origin.to_path_buf(),
+                line: n + 1,
+                message: format!("column {}: `{cell}` is not a number", col + 1),
+            })?;
+            if !v.is_finite() {
+                return Err(ScalingError::Csv {
+                    path: origin.to_path_buf(),
+                    line: n + 1,
+                    message: format!("column {}: {v} is not finite", col + 1),
+                });
+            }
+            row.push(v);
+        }
+        rows.push((n + 1, row));
+    }
+    if rows.is_empty() {
+        return Err(ScalingError::Csv {
+            path: origin.to_path_buf(),
+            line: 0,
+            message: "no factors in the file".into(),
+        });
+    }
+    if rows.len() == 1 {
+        return Ok(FactorTable::Shared(rows.remove(0).1));
+    }
+    if rows.iter().all(|(_, r)| r.len() == 1) {
+        return Ok(FactorTable::Shared(rows.into_iter().map(|(_, r)| r[0]).collect()));
+    }
+    let width = rows[0].1.len();
+    if let Some((line, r)) = rows.iter().find(|(_, r)| r.len() != width) {
+        return Err(ScalingError::Csv {
+            path: origin.to_path_buf(),
+            line: *line,
+            message: format!(
+                "{} values, but the first row has {width} (a per-layer file is layers x head_dim/2)",
+                r.len()
+            ),
+        });
+    }
+    Ok(FactorTable::PerLayer(rows.into_iter().map(|(_, r)| r).collect()))
+}
+
+/// Read a LongRoPE factor CSV.
+pub fn read_csv(path: &Path) -> Result<FactorTable> {
+    let text = std::fs::read_to_string(path).map_err(|e| ScalingError::io(path, e))?;
+    parse_csv(&text, path)
+}
+
+/// LongRoPE's CSV text of a table: one value per line when shared, one comma-separated row per layer when
+/// per-layer. Values are written in Rust's shortest round-trip form, so reading gives back the same bits.
+pub fn to_csv(table: &FactorTable) -> String {
+    let mut out = String::new();
+    match table {
+        FactorTable::Shared(v) => v.iter().for_each(|x| {
+            let _ = writeln!(out, "{x:?}");
+        }),
+        FactorTable::PerLayer(rows) => rows.iter().for_each(|r| {
+            let cells: Vec<String> = r.iter().map(|x| format!("{x:?}")).collect();
+            let _ = writeln!(out, "{}", cells.join(","));
+        }),
+    }
+    out
+}
+
+/// Write a LongRoPE factor CSV.
+pub fn write_csv(path: &Path, table: &FactorTable) -> Result<()> {
+    std::fs::write(path, to_csv(table)).map_err(|e| ScalingError::io(path, e))
+}
+
+/// The factor table of a built method for a shape at sequence length `seq_len`: per-layer when the method is.
+pub fn method_factors(method: &dyn PositionScaling, shape: &RopeShape, seq_len: usize) -> Result<FactorTable> {
+    if method.per_layer() {
+        let rows = (0..shape.num_layers)
+            .map(|l| method.tables(&shape.at(seq_len, l)).map(|t| factors_of(&t, shape)))
+            .collect::<longrope_core::Result<Vec<_>>>()?;
+        Ok(FactorTable::PerLayer(rows))
+    } else {
+        Ok(FactorTable::Shared(factors_of(&method.tables(&shape.at(seq_len, 0))?, shape)))
+    }
+}
+
+/// The HF `rope_scaling` block (`rope_type = "longrope"`) that reproduces a built method in HF transformers
+/// and vLLM: `short_factor` = the factors at `l = L`, `long_factor` = those at `l = L'`, `attention_factor` = the
+/// method's attention factor (also written as vLLM's `short_mscale`/`long_mscale`),
+/// `original_max_position_embeddings = L` and `factor = L'/L` (HF's recommended field; with `attention_factor`
+/// set it changes nothing). The model's `config.json` must also say `max_position_embeddings = L'`
+/// (see [`hf_config_update`]).
+///
+/// HF switches on `l > L` only, so a method is exportable when its tables are the same for every `l <= L` and
+/// for every `l > L` (checked at `l = 1, L, L+1, L', 2L'`), it is not per-layer, it keeps no start tokens, and
+/// its attention factor does not change with `l`. Anything else is [`ScalingError::NotExportable`].
+pub fn hf_rope_scaling(method: &dyn PositionScaling, shape: &RopeShape) -> Result<serde_json::Value> {
+    let not = |reason: String| ScalingError::NotExportable { method: method.name().to_string(), reason };
+    if method.per_layer() {
+        return Err(not("its factors differ per layer; HF has one factor list for all layers".into()));
+    }
+    let original = shape.original_max_position_embeddings;
+    let target = shape.max_position_embeddings.max(original);
+    let at = |l: usize| method.tables(&shape.at(l, 0));
+    let short = at(original)?;
+    let long = at(target.max(original + 1))?;
+    for (l, reference, what) in [(1, &short, "short"), (original + 1, &long, "long"), (2 * target, &long, "long")] {
+        let t = at(l)?;
+        if t.retained.is_some() {
+            return Err(not("it keeps the original tables for the first n_hat positions; HF has no such rule".into()));
+        }
+        if t.inv_freq != reference.inv_freq {
+            return Err(not(format!(
+                "its {what} tables change with the sequence length (l = {l}); HF switches only once, at l > {original}"
+            )));
+        }
+        if t.attn_factor != short.attn_factor {
+            return Err(not("its attention factor changes with the sequence length; HF's is fixed".into()));
+        }
+    }
+    if short.retained.is_some() || long.retained.is_some() {
+        return Err(not("it keeps the original tables for the first n_hat positions; HF has no such rule".into()));
+    }
+    let m = short.attn_factor;
+    Ok(serde_json::json!({
+        "type": "longrope",
+        "rope_type": "longrope",
+        "short_factor": factors_of(&short, shape),
+        "long_factor": factors_of(&long, shape),
+        "original_max_position_embeddings": original,
+        "factor": shape.scale(),
+        "attention_factor": m,
+        "short_mscale": m,
+        "long_mscale": m,
+    }))
+}
+
+/// Put an exported `rope_scaling` block into an HF `config.json` document: sets `rope_scaling`,
+/// `max_position_embeddings = L'` and `original_max_position_embeddings = L` (HF prefers a top-level
+/// `original_max_position_embeddings` when present, so both are written), leaving every other key as it is.
+pub fn hf_config_update(
+    config: &mut serde_json::Map<String, serde_json::Value>,
+    block: serde_json::Value,
+    shape: &RopeShape,
+) {
+    config.insert("rope_scaling".into(), block);
+    config.insert("max_position_embeddings".into(), shape.max_position_embeddings.into());
+    config.insert("original_max_position_embeddings".into(), shape.original_max_position_embeddings.into());
+}
+
+/// Read an HF `rope_scaling` block of type `longrope` back into a [`LongRopeConfig`] (`long_factor` ->
+/// `factors`, `short_factor` -> `short_factors`, `attention_factor`, `factor`), with the block's
+/// `original_max_position_embeddings`. Accepts a whole `config.json` (reads its `rope_scaling`, or
+/// `rope_parameters`) or the block itself. `origin` names the source in errors.
+pub fn longrope_from_hf(doc: &serde_json::Value, origin: &str) -> Result<(LongRopeConfig, Option<usize>)> {
+    let err = |message: String| ScalingError::HfConfig { origin: origin.to_string(), message };
+    let block = doc.get("rope_scaling").or_else(|| doc.get("rope_parameters")).unwrap_or(doc);
+    let kind = block.get("rope_type").or_else(|| block.get("type")).and_then(|v| v.as_str());
+    if kind != Some("longrope") {
+        return Err(err(format!("expected a rope_scaling block with type `longrope`, got {kind:?}")));
+    }
+    let list = |key: &str| -> Result<Vec<f64>> {
+        let v = block.get(key).ok_or_else(|| err(format!("missing `{key}`")))?;
+        serde_json::from_value(v.clone()).map_err(|e| err(format!("`{key}`: {e}")))
+    };
+    let number = |key: &str| -> Result<Option<f64>> {
+        match block.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| err(format!("`{key}` must be a number, got {v}"))),
+        }
+    };
+    let config = LongRopeConfig {
+        factors: Some(FactorTable::Shared(list("long_factor")?)),
+        short_factors: Some(FactorTable::Shared(list("short_factor")?)),
+        attention_factor: number("attention_factor")?,
+        factor: number("factor")?,
+        ..LongRopeConfig::default()
+    };
+    let original = block
+        .get("original_max_position_embeddings")
+        .or_else(|| doc.get("original_max_position_embeddings"))
+        .and_then(|v| v.as_u64())
+        .map(|v| v as usize);
+    Ok((config, original))
+}

@@ -1,0 +1,243 @@
+//! Fitness: how the driver measures a batch of candidates (lower is better, e.g. perplexity at the target
+//! length), a parallel fan-out over workers that each own a model, and a synthetic fitness for tests.
+//!
+//! The model-backed fitness (any evaluator on the configured documents, the model loaded once per worker) is
+//! [`crate::model_fitness::EvaluatorFitness`]; it needs only the core's traits.
+
+use std::time::Instant;
+
+use longrope_core::search::Candidate;
+use longrope_core::RopeShape;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SearchError};
+
+/// The measurement of one candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Fitness; lower is better. Non-finite values (a diverged perplexity) rank last.
+    #[serde(with = "serde_fitness")]
+    pub fitness: f64,
+    /// Tokens processed (forward positions), for the cost account.
+    pub tokens: u64,
+    /// Wall time of this evaluation in seconds.
+    pub seconds: f64,
+}
+
+/// Measures candidates. Implementations must be deterministic: the same candidate always gets the same
+/// fitness (resume and deduplication rely on it).
+pub trait Fitness {
+    /// Evaluate a batch; one [`Evaluation`] per candidate, in order.
+    fn evaluate(&mut self, batch: &[Candidate]) -> Result<Vec<Evaluation>>;
+
+    /// How many candidates it evaluates at once (its workers); the driver sends batches of this size and
+    /// records each before sending the next, so a kill loses at most one such batch.
+    fn parallelism(&self) -> usize {
+        1
+    }
+}
+
+/// A fitness that fans a batch out over workers, one thread each (each worker owns its model/device).
+/// Worker `w` evaluates the candidates `w, w + n, w + 2n, ...`; results come back in batch order, so the
+/// outcome does not depend on the number of workers.
+#[derive(Debug)]
+pub struct ParallelFitness<F> {
+    workers: Vec<F>,
+}
+
+impl<F: Fitness + Send> ParallelFitness<F> {
+    /// `n` workers made by `factory(worker_index)` (e.g. a model on `cuda:worker_index`).
+    pub fn new(n: usize, mut factory: impl FnMut(usize) -> Result<F>) -> Result<Self> {
+        if n == 0 {
+            return Err(SearchError::invalid("workers", "must be at least 1"));
+        }
+        Ok(ParallelFitness { workers: (0..n).map(&mut factory).collect::<Result<_>>()? })
+    }
+}
+
+impl<F: Fitness + Send> Fitness for ParallelFitness<F> {
+    fn evaluate(&mut self, batch: &[Candidate]) -> Result<Vec<Evaluation>> {
+        let n = self.workers.len();
+        let results: Vec<Result<Vec<Evaluation>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .workers
+                .iter_mut()
+                .enumerate()
+                .map(|(w, f)| {
+                    let items: Vec<Candidate> = batch.iter().skip(w).step_by(n).cloned().collect();
+                    s.spawn(move || if items.is_empty() { Ok(Vec::new()) } else { f.evaluate(&items) })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .enumerate()
+                .map(|(w, h)| h.join().unwrap_or_else(|_| Err(SearchError::Fitness(format!("worker {w} panicked")))))
+                .collect()
+        });
+        let mut per_worker = Vec::with_capacity(n);
+        for (w, r) in results.into_iter().enumerate() {
+            let evals = r?;
+            let expected = batch.iter().skip(w).step_by(n).count();
+            if evals.len() != expected {
+                return Err(SearchError::Fitness(format!(
+                    "worker {w} returned {} evaluations for {expected} candidates",
+                    evals.len()
+                )));
+            }
+            per_worker.push(evals.into_iter());
+        }
+        Ok((0..batch.len()).map(|i| per_worker[i % n].next().expect("counted above")).collect())
+    }
+
+    fn parallelism(&self) -> usize {
+        self.workers.len()
+    }
+}
+
+/// A noise-free synthetic fitness: a perplexity-like distance to a hidden monotone target.
+///
+/// `fitness = 10 * exp(8 * mean_i (ln lambda_i - ln lambda*_i)^2) + 0.01 * (log2(n_hat + 1) - 4)^2 +
+/// (m - 1.1)^2` (the last term only when the attention factor `m` is set), with the target
+/// `lambda*_i = 1 + (1.1 s - 1) (i / (d/2 - 1))^2`: not any seed's curve and not in the grid's family, so no
+/// strategy starts on the optimum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticFitness {
+    /// The hidden target factors.
+    pub target: Vec<f64>,
+    /// Tokens charged per evaluation (as if one document of the target length was read).
+    pub tokens_per_evaluation: u64,
+}
+
+impl SyntheticFitness {
+    /// The synthetic fitness for a shape (target length = `shape.max_position_embeddings`).
+    pub fn new(shape: &RopeShape) -> Self {
+        let h = shape.head_dim / 2;
+        let top = 1.1 * shape.scale();
+        let target = (0..h)
+            .map(|i| {
+                let t = if h > 1 { i as f64 / (h - 1) as f64 } else { 1.0 };
+                1.0 + (top - 1.0) * t * t
+            })
+            .collect();
+        SyntheticFitness { target, tokens_per_evaluation: shape.max_position_embeddings as u64 }
+    }
+
+    /// The fitness of one candidate.
+    pub fn value(&self, c: &Candidate) -> Result<f64> {
+        if c.factors.len() != self.target.len() {
+            return Err(SearchError::Fitness(format!(
+                "expected {} factors, got {}",
+                self.target.len(),
+                c.factors.len()
+            )));
+        }
+        let mse = c.factors.iter().zip(&self.target).map(|(x, t)| (x.ln() - t.ln()).powi(2)).sum::<f64>()
+            / self.target.len() as f64;
+        let n_hat_term = 0.01 * (((c.n_hat + 1) as f64).log2() - 4.0).powi(2);
+        let attn_term = c.attn_factor.map(|m| (m - 1.1).powi(2)).unwrap_or(0.0);
+        Ok(10.0 * (8.0 * mse).exp() + n_hat_term + attn_term)
+    }
+}
+
+impl Fitness for SyntheticFitness {
+    fn evaluate(&mut self, batch: &[Candidate]) -> Result<Vec<Evaluation>> {
+        batch
+            .iter()
+            .map(|c| {
+                let start = Instant::now();
+                let fitness = self.value(c)?;
+                Ok(Evaluation { fitness, tokens: self.tokens_per_evaluation, seconds: start.elapsed().as_secs_f64() })
+            })
+            .collect()
+    }
+}
+
+/// Serde for fitness values: JSON has no infinity or NaN, so non-finite values are written `null` and read
+/// back as `+inf` (they rank last either way).
+pub mod serde_fitness {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Write a finite value as a number, anything else as `null`.
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f64(*x)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    /// Read a number, or `null` as `+inf`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> RopeShape {
+        RopeShape {
+            head_dim: 8,
+            rope_base: 10_000.0,
+            original_max_position_embeddings: 1024,
+            max_position_embeddings: 2048,
+            num_layers: 2,
+        }
+    }
+
+    fn cand(x: f64) -> Candidate {
+        Candidate { factors: vec![x; 4], n_hat: 0, attn_factor: None }
+    }
+
+    #[test]
+    fn synthetic_target_and_values_follow_the_formula() {
+        let f = SyntheticFitness::new(&shape());
+        // 1 + (2.2 - 1) * (i/3)^2
+        let expected = [1.0, 1.0 + 1.2 / 9.0, 1.0 + 1.2 * 4.0 / 9.0, 2.2];
+        for (a, b) in f.target.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        let at_target = Candidate { factors: f.target.clone(), n_hat: 15, attn_factor: Some(1.1) };
+        assert!((f.value(&at_target).unwrap() - 10.0).abs() < 1e-12);
+        let pi = cand(2.0);
+        let mse = f.target.iter().map(|t| (2f64.ln() - t.ln()).powi(2)).sum::<f64>() / 4.0;
+        assert!((f.value(&pi).unwrap() - (10.0 * (8.0 * mse).exp() + 0.16)).abs() < 1e-12);
+        assert!(f.value(&Candidate { factors: vec![1.0; 3], n_hat: 0, attn_factor: None }).is_err());
+    }
+
+    #[test]
+    fn parallel_results_do_not_depend_on_worker_count() {
+        let batch: Vec<Candidate> = (0..11).map(|i| cand(1.0 + i as f64 * 0.1)).collect();
+        let serial: Vec<f64> =
+            SyntheticFitness::new(&shape()).evaluate(&batch).unwrap().into_iter().map(|e| e.fitness).collect();
+        for n in [1, 2, 3, 4, 16] {
+            let mut par = ParallelFitness::new(n, |_| Ok(SyntheticFitness::new(&shape()))).unwrap();
+            assert_eq!(par.parallelism(), n);
+            let got: Vec<f64> = par.evaluate(&batch).unwrap().into_iter().map(|e| e.fitness).collect();
+            assert_eq!(got, serial, "{n} workers");
+        }
+    }
+
+    struct Panicky;
+    impl Fitness for Panicky {
+        fn evaluate(&mut self, _batch: &[Candidate]) -> Result<Vec<Evaluation>> {
+            panic!("worker failure")
+        }
+    }
+
+    #[test]
+    fn a_panicking_worker_is_an_error() {
+        let mut par = ParallelFitness::new(2, |_| Ok(Panicky)).unwrap();
+        let err = par.evaluate(&[cand(1.0), cand(2.0)]).unwrap_err().to_string();
+        assert!(err.contains("panicked"), "{err}");
+    }
+
+    #[test]
+    fn non_finite_fitness_round_trips_as_null() {
+        let e = Evaluation { fitness: f64::INFINITY, tokens: 1, seconds: 0.0 };
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(text.contains("\"fitness\":null"), "{text}");
+        assert_eq!(serde_json::from_str::<Evaluation>(&text).unwrap().fitness, f64::INFINITY);
+    }
+}

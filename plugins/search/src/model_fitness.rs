@@ -1,0 +1,99 @@
+//! Model-backed fitness: a [`Fitness`] that measures each candidate with an evaluator (perplexity by default)
+//! on a loaded model at the search's target length, as LongRoPE's search does (arXiv 2402.13753, Sec. 3.2:
+//! the fitness of a set of rescale factors is the perplexity of the first `L'` tokens of a few long documents).
+//!
+//! Each candidate becomes a `longrope` scaling config through [`candidate_to_toml`] (the same text the search
+//! writes as `best_scaling.toml`), is parsed with `longrope_core::scaling::parse_scaling_toml`, bound to the
+//! model's [`RopeShape`] at the target in a [`RopeSchedule`], and scored by the evaluator. Only `longrope-core`
+//! traits are used: the caller loads the model (any [`LanguageModel`]) and the documents (any
+//! [`TokenSource`]), so `longrope search` and the experiment runner share this code.
+//!
+//! ```ignore
+//! let evaluator = fitness_evaluator_config(&file.fitness)?.build()?;
+//! let shape = model.summary().rope_shape(file.target_length);
+//! let mut fitness = EvaluatorFitness::new(model.as_ref(), evaluator, &docs, shape);
+//! let outcome = Driver::new(strategy, &mut fitness, shape, file.meta(&shape), opts).run()?;
+//! ```
+
+use std::time::Instant;
+
+use longrope_core::eval::{parse_evaluator_toml, Evaluator, EvaluatorConfig, TokenSource};
+use longrope_core::model::LanguageModel;
+use longrope_core::scaling::{parse_scaling_toml, RopeSchedule};
+use longrope_core::search::Candidate;
+use longrope_core::RopeShape;
+
+use crate::config::FitnessSection;
+use crate::error::{Result, SearchError};
+use crate::fitness::{Evaluation, Fitness};
+use crate::outputs::candidate_to_toml;
+
+/// The evaluator config a `[fitness]` table means: `ppl` = one truncated window of the first `L'` tokens of
+/// each of the first `documents` long-enough documents (LongRoPE's search fitness); `needle-ppl` = `documents`
+/// samples; any other evaluator with its defaults. Unknown evaluators are an error listing the known ones.
+pub fn fitness_evaluator_config(section: &FitnessSection) -> Result<Box<dyn EvaluatorConfig>> {
+    let name = section.evaluator.as_str();
+    let text = match name {
+        "ppl" => format!("evaluator = \"ppl\"\ntruncate = true\nsamples = {}\n", section.documents),
+        "needle-ppl" => format!("evaluator = \"needle-ppl\"\nsamples = {}\n", section.documents),
+        other => format!("evaluator = {other:?}\n"),
+    };
+    Ok(parse_evaluator_toml(&text, "[fitness]")?)
+}
+
+/// A fitness that scores candidates with an [`Evaluator`] on a model at `shape.max_position_embeddings` tokens.
+///
+/// The fitness is the evaluator's value when lower is better (perplexity), and its negation otherwise
+/// (accuracy), so the driver always minimises. Deterministic as long as the model and evaluator are.
+pub struct EvaluatorFitness<'a> {
+    model: &'a dyn LanguageModel,
+    evaluator: Box<dyn Evaluator>,
+    data: &'a dyn TokenSource,
+    shape: RopeShape,
+    length: usize,
+}
+
+impl<'a> EvaluatorFitness<'a> {
+    /// Score on `model` with `evaluator` over `data`, at the target of `shape` (the model's shape with
+    /// `max_position_embeddings` = the search's `target_length`, e.g. `summary.rope_shape(target)`).
+    pub fn new(
+        model: &'a dyn LanguageModel,
+        evaluator: Box<dyn Evaluator>,
+        data: &'a dyn TokenSource,
+        shape: RopeShape,
+    ) -> Self {
+        let length = shape.max_position_embeddings;
+        EvaluatorFitness { model, evaluator, data, shape, length }
+    }
+
+    /// Evaluate at `length` tokens instead of the target (e.g. a shorter proxy length).
+    pub fn with_length(mut self, length: usize) -> Self {
+        self.length = length;
+        self
+    }
+
+    /// The schedule a candidate stands for: its `longrope` config bound to the shape.
+    pub fn schedule(&self, candidate: &Candidate) -> Result<RopeSchedule> {
+        let text = candidate_to_toml(candidate, &self.shape);
+        let config = parse_scaling_toml(&text, "search candidate")?;
+        Ok(RopeSchedule::new(config.as_ref(), self.shape.clone())?)
+    }
+
+    /// Measure one candidate.
+    pub fn evaluate_one(&self, candidate: &Candidate) -> Result<Evaluation> {
+        let start = Instant::now();
+        let schedule = self.schedule(candidate)?;
+        let score = self
+            .evaluator
+            .evaluate(self.model, &schedule, self.length, self.data)
+            .map_err(|e| SearchError::Fitness(format!("{} at {} tokens: {e}", self.evaluator.name(), self.length)))?;
+        let fitness = if score.lower_is_better { score.value } else { -score.value };
+        Ok(Evaluation { fitness, tokens: score.tokens as u64, seconds: start.elapsed().as_secs_f64() })
+    }
+}
+
+impl Fitness for EvaluatorFitness<'_> {
+    fn evaluate(&mut self, batch: &[Candidate]) -> Result<Vec<Evaluation>> {
+        batch.iter().map(|c| self.evaluate_one(c)).collect()
+    }
+}

@@ -1,0 +1,408 @@
+//! Tests of the whole library: strategies driven end to end on the synthetic fitness (budgets,
+//! deduplication, resume after a stop or a simulated kill, evolution vs. baselines), configs.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use longrope_core::search::{Candidate, Scored};
+use longrope_core::{RopeShape, SearchStrategy};
+
+use crate::driver::{candidate_key, Driver, DriverOptions, Outcome, Summary};
+use crate::error::{Result, SearchError};
+use crate::fitness::{Evaluation, Fitness, ParallelFitness, SyntheticFitness};
+use crate::outputs::Record;
+use crate::seeds::Seed;
+use crate::space::SpaceKind;
+use crate::SearchFile;
+
+fn smollm2() -> RopeShape {
+    RopeShape {
+        head_dim: 64,
+        rope_base: 100_000.0,
+        original_max_position_embeddings: 8192,
+        max_position_embeddings: 16384,
+        num_layers: 30,
+    }
+}
+
+/// PI, NTK and YaRN factors by their published formulas (field survey Sec. 2): test stand-ins for the
+/// scaling registry, which the library itself uses.
+fn formula_seeds(shape: &RopeShape) -> Result<Vec<Seed>> {
+    let d = shape.head_dim as f64;
+    let h = shape.head_dim / 2;
+    let s = shape.scale();
+    let b = shape.rope_base;
+    let l = shape.original_max_position_embeddings as f64;
+    let pi = vec![s; h];
+    let ntk = (0..h).map(|i| s.powf(2.0 * i as f64 / (d - 2.0))).collect();
+    let dim = |rho: f64| d * (l / (2.0 * std::f64::consts::PI * rho)).ln() / (2.0 * b.ln());
+    let lo = dim(32.0).floor().max(0.0);
+    let hi = dim(1.0).ceil().min(d - 1.0);
+    let yarn = (0..h)
+        .map(|i| {
+            let g = ((i as f64 - lo) / (hi - lo)).clamp(0.0, 1.0);
+            1.0 / (g / s + (1.0 - g))
+        })
+        .collect();
+    Ok(vec![
+        Seed { name: "pi".into(), factors: pi, attn_factor: 1.0 },
+        Seed { name: "ntk".into(), factors: ntk, attn_factor: 1.0 },
+        Seed { name: "yarn".into(), factors: yarn, attn_factor: 0.1 * s.ln() + 1.0 },
+    ])
+}
+
+fn file(strategy_toml: &str, space_toml: &str) -> SearchFile {
+    let text = format!(
+        "seed = 7\ntarget_length = 16384\n[shape]\nhead_dim = 64\nrope_base = 100000.0\n\
+         original_max_position_embeddings = 8192\nnum_layers = 30\n[space]\n{space_toml}\n[strategy]\n{strategy_toml}\n"
+    );
+    SearchFile::parse(&text, "test config").unwrap()
+}
+
+const SMALL_EVOLUTION: &str = "strategy = \"evolution\"\npopulation_size = 8\niterations = 3\nmutation_numbers = 3\n\
+                               crossover_size = 3\nparents_size = 4";
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("longrope-search-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A fitness that records every candidate it evaluates and can fail after a number of evaluations
+/// (a simulated kill).
+struct Counting {
+    inner: SyntheticFitness,
+    log: Arc<Mutex<Vec<String>>>,
+    fail_after: Option<usize>,
+}
+
+impl Fitness for Counting {
+    fn evaluate(&mut self, batch: &[Candidate]) -> Result<Vec<Evaluation>> {
+        let mut log = self.log.lock().unwrap();
+        if let Some(n) = self.fail_after {
+            if log.len() + batch.len() > n {
+                return Err(SearchError::Fitness("simulated kill".into()));
+            }
+        }
+        log.extend(batch.iter().map(candidate_key));
+        drop(log);
+        self.inner.evaluate(batch)
+    }
+}
+
+fn counting(fail_after: Option<usize>) -> (Counting, Arc<Mutex<Vec<String>>>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    (Counting { inner: SyntheticFitness::new(&smollm2()), log: log.clone(), fail_after }, log)
+}
+
+fn run(f: &SearchFile, fitness: &mut dyn Fitness, opts: DriverOptions) -> Result<Outcome> {
+    let shape = f.shape().unwrap();
+    let (strategy, _) = f.build(&shape, &formula_seeds)?;
+    Driver::new(strategy, fitness, shape.clone(), f.meta(&shape), opts).run()
+}
+
+fn finished(o: Outcome) -> Summary {
+    match o {
+        Outcome::Finished(s) => s,
+        other => panic!("not finished: {other:?}"),
+    }
+}
+
+/// The history without wall times (which differ between runs).
+fn trace(h: &[Record]) -> Vec<(usize, usize, String, f64)> {
+    h.iter().map(|r| (r.index, r.generation, candidate_key(&r.candidate), r.fitness)).collect()
+}
+
+fn configs() -> Vec<(String, SearchFile)> {
+    let mut out = Vec::new();
+    for space in ["kind = \"dim_mono\"", "kind = \"dim_piece_mono\"", "search_n_hat = true\n[space.attention_factor]\nmax = 1.2"] {
+        for strategy in ["evolution", "random", "grid"] {
+            let mut f = file(SMALL_EVOLUTION, space);
+            f.switch_strategy(strategy).unwrap();
+            out.push((format!("{strategy} / {}", space.lines().next().unwrap()), f));
+        }
+    }
+    out
+}
+
+#[test]
+fn equal_budgets_and_no_candidate_evaluated_twice() {
+    for (name, f) in configs() {
+        assert_eq!(f.strategy.budget(), 8 + 3 * 6, "{name}");
+        let (mut fit, log) = counting(None);
+        let s = finished(run(&f, &mut fit, DriverOptions::new(tmp("budget"))).unwrap());
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 26, "{name}: evaluations");
+        assert_eq!(s.history.len(), 26, "{name}");
+        assert_eq!(s.cost.evaluations, 26, "{name}");
+        assert_eq!(s.cost.duplicates_skipped, 0, "{name}");
+        assert_eq!(log.iter().collect::<HashSet<_>>().len(), 26, "{name}: a candidate was evaluated twice");
+        assert_eq!(s.cost.tokens, 26 * 16384);
+        assert!(s.history.iter().all(|r| r.candidate.factors.windows(2).all(|w| w[0] <= w[1])), "{name}");
+    }
+}
+
+/// A strategy that proposes duplicates on purpose: the driver must evaluate each candidate once.
+struct Repeats {
+    left: usize,
+}
+
+impl SearchStrategy for Repeats {
+    fn name(&self) -> &str {
+        "repeats"
+    }
+    fn propose(&mut self) -> longrope_core::Result<Vec<Candidate>> {
+        if self.left == 0 {
+            return Ok(Vec::new());
+        }
+        let c = |x: f64| Candidate { factors: vec![x; 32], n_hat: 0, attn_factor: None };
+        Ok(vec![c(1.0), c(2.0), c(1.0), c(1.5), c(2.0)])
+    }
+    fn observe(&mut self, scored: &[Scored]) -> longrope_core::Result<()> {
+        assert_eq!(scored[0].fitness, scored[2].fitness);
+        assert_eq!(scored[1].fitness, scored[4].fitness);
+        self.left -= 1;
+        Ok(())
+    }
+    fn budget(&self) -> usize {
+        3
+    }
+    fn save_state(&self) -> longrope_core::Result<serde_json::Value> {
+        Ok(serde_json::json!(self.left))
+    }
+}
+
+#[test]
+fn driver_deduplicates_within_and_across_batches() {
+    let (mut fit, log) = counting(None);
+    let out = tmp("dedup");
+    let o = Driver::new(Box::new(Repeats { left: 2 }), &mut fit, smollm2(), serde_json::Value::Null, DriverOptions::new(&out))
+        .run()
+        .unwrap();
+    let s = finished(o);
+    assert_eq!(log.lock().unwrap().len(), 3);
+    assert_eq!(s.history.len(), 3);
+    assert_eq!(s.cost.duplicates_skipped, 2 + 5);
+    // The history file holds the same records.
+    let lines = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3);
+}
+
+#[test]
+fn resume_after_a_stop_equals_an_uninterrupted_run() {
+    for (name, f) in configs() {
+        let (mut fit, _) = counting(None);
+        let full = finished(run(&f, &mut fit, DriverOptions::new(tmp("full"))).unwrap());
+        let generations = full.curve.len();
+        assert!(generations >= 2, "{name}");
+        for k in [0, 1, generations - 1] {
+            let out = tmp(&format!("stop{k}"));
+            let (mut fit, first_log) = counting(None);
+            let o = run(&f, &mut fit, DriverOptions { stop_after_generations: Some(k), ..DriverOptions::new(&out) }).unwrap();
+            assert_eq!(o, Outcome::Stopped { generation: k }, "{name}");
+            let checkpointed: HashSet<String> = first_log.lock().unwrap().iter().cloned().collect();
+            // Everything is dropped; a new strategy and fitness resume from the directory.
+            let (mut fit, second_log) = counting(None);
+            let resumed = finished(run(&f, &mut fit, DriverOptions { resume: true, ..DriverOptions::new(&out) }).unwrap());
+            assert_eq!(trace(&resumed.history), trace(&full.history), "{name}, stopped after {k}");
+            assert_eq!(resumed.best.candidate, full.best.candidate, "{name}");
+            assert_eq!(resumed.cost.resumes, 1);
+            assert_eq!(resumed.evaluated_now, second_log.lock().unwrap().len());
+            assert_eq!(resumed.recovered, 0);
+            let second = second_log.lock().unwrap();
+            assert!(second.iter().all(|c| !checkpointed.contains(c)), "{name}: re-evaluated a checkpointed candidate");
+            assert_eq!(checkpointed.len() + second.len(), 26, "{name}");
+            assert_eq!(
+                std::fs::read_to_string(out.join("best_factors.csv")).unwrap(),
+                crate::outputs::factors_csv(&full.best.candidate.factors)
+            );
+        }
+    }
+}
+
+#[test]
+fn resume_after_a_simulated_kill_mid_generation_reruns_nothing_recorded() {
+    for (name, f) in configs() {
+        let (mut fit, _) = counting(None);
+        let full = finished(run(&f, &mut fit, DriverOptions::new(tmp("full-kill"))).unwrap());
+        for kill_at in [0, 5, 12, 25] {
+            let out = tmp(&format!("kill{kill_at}"));
+            let (mut fit, first_log) = counting(Some(kill_at));
+            let err = run(&f, &mut fit, DriverOptions::new(&out)).unwrap_err();
+            assert!(err.to_string().contains("simulated kill"), "{err}");
+            // A write torn by the kill.
+            let mut journal = std::fs::OpenOptions::new().append(true).open(out.join("history.jsonl")).unwrap();
+            std::io::Write::write_all(&mut journal, b"{\"index\": 99, \"genera").unwrap();
+            let done: HashSet<String> = first_log.lock().unwrap().iter().cloned().collect();
+            assert_eq!(done.len(), kill_at);
+            let cp: crate::driver::Checkpoint =
+                serde_json::from_slice(&std::fs::read(out.join("checkpoint.json")).unwrap()).unwrap();
+            let checkpointed = cp.history.len();
+            assert!(checkpointed <= kill_at);
+            let (mut fit, second_log) = counting(None);
+            let resumed = finished(run(&f, &mut fit, DriverOptions { resume: true, ..DriverOptions::new(&out) }).unwrap());
+            assert_eq!(trace(&resumed.history), trace(&full.history), "{name}, killed at {kill_at}");
+            let second = second_log.lock().unwrap();
+            assert!(second.iter().all(|c| !done.contains(c)), "{name}: re-evaluated a recorded candidate");
+            assert_eq!(resumed.evaluated_now, second.len());
+            // What the kill left beyond the checkpoint was recovered from history.jsonl, not re-run.
+            assert_eq!(resumed.recovered, done.len() - checkpointed, "{name}, killed at {kill_at}");
+            assert_eq!(done.len() + second.len(), 26, "{name}");
+            let lines = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
+            assert_eq!(lines.lines().count(), 26);
+            for line in lines.lines() {
+                serde_json::from_str::<Record>(line).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_worker_count() {
+    let f = file(SMALL_EVOLUTION, "kind = \"dim_mono\"");
+    let (mut one, _) = counting(None);
+    let a = finished(run(&f, &mut one, DriverOptions::new(tmp("w1"))).unwrap());
+    let mut three = ParallelFitness::new(3, |_| Ok(SyntheticFitness::new(&smollm2()))).unwrap();
+    let b = finished(run(&f, &mut three, DriverOptions::new(tmp("w3"))).unwrap());
+    assert_eq!(trace(&a.history), trace(&b.history));
+}
+
+#[test]
+fn checkpoints_protect_against_mixing_runs() {
+    let f = file(SMALL_EVOLUTION, "kind = \"dim_mono\"");
+    let out = tmp("mix");
+    let (mut fit, _) = counting(None);
+    run(&f, &mut fit, DriverOptions { stop_after_generations: Some(1), ..DriverOptions::new(&out) }).unwrap();
+    let err = run(&f, &mut fit, DriverOptions::new(&out)).unwrap_err().to_string();
+    assert!(err.contains("checkpoint.json") && err.contains("--resume"), "{err}");
+    let mut other = file(SMALL_EVOLUTION, "kind = \"dim_mono\"");
+    other.seed = 8;
+    let err = run(&other, &mut fit, DriverOptions { resume: true, ..DriverOptions::new(&out) }).unwrap_err().to_string();
+    assert!(err.contains("different search config"), "{err}");
+    let err = run(&f, &mut fit, DriverOptions { resume: true, ..DriverOptions::new(tmp("none")) }).unwrap_err().to_string();
+    assert!(err.contains("checkpoint.json") && err.contains("without --resume"), "{err}");
+}
+
+/// The evolution against random and grid at the same budget on the synthetic fitness (fixed seeds; the
+/// numbers are printed for the report: `cargo test -p longrope-search evolution_vs -- --nocapture`).
+#[test]
+fn evolution_vs_random_and_grid_at_equal_budget() {
+    let evo = "strategy = \"evolution\"\npopulation_size = 16\niterations = 10\nmutation_numbers = 4\n\
+               crossover_size = 4\nparents_size = 8";
+    for space in ["kind = \"dim_mono\"", "kind = \"dim_piece_mono\""] {
+        let mut wins = 0;
+        let seeds = 0..5u64;
+        for seed in seeds.clone() {
+            let mut best = Vec::new();
+            for strategy in ["evolution", "random", "grid"] {
+                let mut f = file(evo, space);
+                f.seed = seed;
+                f.switch_strategy(strategy).unwrap();
+                assert_eq!(f.strategy.budget(), 96);
+                let mut fit = SyntheticFitness::new(&smollm2());
+                let s = finished(run(&f, &mut fit, DriverOptions::new(tmp("vs"))).unwrap());
+                assert_eq!(s.history.len(), 96);
+                best.push(s.best.fitness);
+            }
+            // The evolution never ends worse than its best seed (the seeds are evaluated in generation 0).
+            let fit = SyntheticFitness::new(&smollm2());
+            let space_cfg = file(evo, space);
+            let built = space_cfg.build(&smollm2(), &formula_seeds).unwrap().1;
+            let best_seed = built
+                .seeds
+                .iter()
+                .map(|s| fit.value(&built.space.candidate(&built.space.genome_from_factors(&s.factors, None).unwrap())).unwrap())
+                .fold(f64::INFINITY, f64::min);
+            assert!(best[0] <= best_seed);
+            println!(
+                "{space} seed {seed}: best seed {best_seed:.4}  evolution {:.4}  random {:.4}  grid {:.4}",
+                best[0], best[1], best[2]
+            );
+            wins += (best[0] < best[1]) as usize;
+        }
+        println!("{space}: evolution beat random in {wins} of 5 seeds");
+        // Measured, not forced: in dim_mono the evolution beats random on every seed; in dim_piece_mono at
+        // this small budget it does not (random's sorted draws already make ramps close to the target, the
+        // evolution's boundaries move slowly from the seeds): reported in docs/search.md, not asserted.
+        if space == "kind = \"dim_mono\"" {
+            assert!(wins >= 4, "{space}: evolution beat random in only {wins} of 5 seeds");
+        }
+    }
+}
+
+#[test]
+fn shipped_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/search");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let f = SearchFile::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let shape = f.shape().expect("shipped configs carry a [shape]");
+        crate::SearchSpace::new(&f.space, &shape).unwrap();
+        n += 1;
+        match path.file_name().and_then(|n| n.to_str()) {
+            Some("smollm2-16k.toml") => {
+                assert_eq!(f.strategy.budget(), 16);
+                assert_eq!((shape.original_max_position_embeddings, shape.max_position_embeddings), (8192, 16384));
+                assert_eq!(f.fitness.documents, 1);
+                assert!(f.model.as_ref().unwrap().path.ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"));
+            }
+            Some("longrope-paper.toml") => {
+                assert_eq!(f.strategy.budget(), 1344);
+                assert_eq!(f.space.step, 0.01);
+                assert_eq!(f.space.seeds, vec!["pi", "ntk", "yarn"]);
+            }
+            _ => {}
+        }
+    }
+    assert!(n >= 2);
+}
+
+#[test]
+fn bad_search_files_are_refused_clearly() {
+    let base = "target_length = 16384\n[strategy]\n";
+    let err = SearchFile::parse(&format!("{base}strategy = \"nope\""), "x.toml").unwrap_err().to_string();
+    assert!(err.contains("unknown search plugin `nope`") && err.contains("evolution, grid, random"), "{err}");
+    let err = SearchFile::parse(&format!("{base}strategy = \"evolution\"\npopulaton_size = 3"), "x.toml").unwrap_err().to_string();
+    assert!(err.starts_with("x.toml") && err.contains("populaton_size"), "{err}");
+    let err = SearchFile::parse("target_lenght = 3\n[strategy]\nstrategy = \"random\"\nbudget = 3", "y.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("target_lenght"), "{err}");
+    let err = SearchFile::parse("target_length = 3\n", "z.toml").unwrap_err().to_string();
+    assert!(err.contains("[strategy]"), "{err}");
+    let err = SearchFile::parse(&format!("{base}strategy = \"random\"\nbudget = 0"), "w.toml").unwrap_err().to_string();
+    assert!(err.contains("budget"), "{err}");
+    // Reference hyperparameter names are accepted as aliases.
+    let f = SearchFile::parse(&format!("{base}strategy = \"evolution\"\nmax_time_budget = 2"), "a.toml").unwrap();
+    assert_eq!(f.strategy.budget(), 64 + 2 * 32);
+    let f = SearchFile::parse(&format!("{base}strategy = \"evolution\"\nevo_scale = 0.5"), "a.toml").unwrap();
+    assert_eq!(f.strategy.budget(), 32 + 20 * 16);
+    assert_eq!(f.space.kind, SpaceKind::DimMono);
+}
+
+#[test]
+fn grid_points_are_distinct_and_spread() {
+    let f = file("strategy = \"grid\"\nbudget = 16", "kind = \"dim_mono\"");
+    let built = f.build(&smollm2(), &formula_seeds).unwrap().1;
+    let pts = crate::grid::grid_points(&built.space, 16).unwrap();
+    assert_eq!(pts.len(), 16);
+    // The first lattice point is a = 0, b = 0, v = s: PI; a = d/2 is the original model (all 1).
+    assert_eq!(built.space.candidate(&pts[0]).factors, vec![2.0; 32]);
+    assert!(pts.iter().any(|g| built.space.candidate(g).factors == vec![1.0; 32]));
+    // Some point ends above s (the v axis reaches max_factor = 2.5).
+    assert!(pts.iter().any(|g| built.space.candidate(g).factors[31] == 2.5));
+    let keys: std::collections::HashSet<_> = pts.iter().map(|g| g.key()).collect();
+    assert_eq!(keys.len(), 16);
+    // A tiny space: d/2 = 2, factors {1, 1.5, 2, 2.5}: the ramp family has few members.
+    let tiny = RopeShape { head_dim: 4, ..smollm2() };
+    let space = crate::SearchSpace::new(&crate::SpaceConfig { step: 0.5, ..Default::default() }, &tiny).unwrap();
+    let all = crate::grid::grid_points(&space, 6).unwrap();
+    assert_eq!(all.len(), 6);
+    let err = crate::grid::grid_points(&space, 200).unwrap_err().to_string();
+    assert!(err.contains("exhausted") && err.contains("fewer than the budget 200"), "{err}");
+}

@@ -1,0 +1,326 @@
+//! Experiments: every config under `configs/` validates, typos name the field, and a tiny experiment on the
+//! tiny random Llama runs end to end through `longrope run`, is interrupted (cleanly after N cells, and by
+//! `kill -9`), resumes, and ends with the same `results.json` as an uninterrupted run (timing fields aside).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{longrope, longrope_bin, root};
+use longrope_experiment::Experiment;
+
+fn link() {
+    longrope_scaling::link();
+    longrope_eval::link();
+    longrope_search::link();
+    longrope_models::link();
+}
+
+fn tomls(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(tomls(&p));
+        } else if p.extension().and_then(|e| e.to_str()) == Some("toml") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_config_under_configs_validates() {
+    link();
+    let all = tomls(&root().join("configs"));
+    let mut experiments = 0;
+    for p in &all {
+        let kind = p.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        match kind.as_str() {
+            "experiments" => {
+                // Model and corpus paths of the full-scale configs are the user's to provide.
+                let exp = Experiment::load_with(p, false).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                assert!(!exp.methods.is_empty() && !exp.evals.is_empty(), "{}", p.display());
+                let uses_assets = exp.models.iter().all(|m| m.path.to_string_lossy().contains(".cache/assets"));
+                if uses_assets && common::smollm2().is_some() {
+                    Experiment::load(p).unwrap_or_else(|e| panic!("{} (files checked): {e}", p.display()));
+                }
+                experiments += 1;
+            }
+            "scaling" => {
+                longrope_core::scaling::load_scaling_config(p.to_str().unwrap()).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            }
+            "search" => {
+                longrope_search::SearchFile::load(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            }
+            other => panic!("{}: no validation for configs/{other}/: add it to this test", p.display()),
+        }
+    }
+    assert!(experiments >= 4, "demo, ablation and the two full-scale configs: found {experiments}");
+    // The ablation example expands to 1 + 3 x 2 methods from `longrope-yarn` and 1 + 2 searched ones.
+    let ab = Experiment::load_with(&root().join("configs/experiments/ablation-nhat.toml"), false).unwrap();
+    let names: Vec<&str> = ab.methods.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "longrope-yarn",
+            "longrope-yarn[attention_policy=su,n_hat=0]",
+            "longrope-yarn[attention_policy=su,n_hat=4]",
+            "longrope-yarn[attention_policy=su,n_hat=64]",
+            "longrope-yarn[attention_policy=yarn,n_hat=0]",
+            "longrope-yarn[attention_policy=yarn,n_hat=4]",
+            "longrope-yarn[attention_policy=yarn,n_hat=64]",
+            "searched",
+            "searched[space.kind=dim_mono]",
+            "searched[space.kind=dim_piece_mono]",
+        ]
+    );
+    assert_eq!(ab.searches.len(), 3);
+}
+
+fn parse_demo_with(from: &str, to: &str) -> String {
+    link();
+    let path = root().join("configs/experiments/demo.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "demo.toml no longer contains {from:?}");
+    let text = text.replacen(from, to, 1);
+    Experiment::parse_with(&text, &path, false).map(|_| ()).unwrap_err().to_string()
+}
+
+#[test]
+fn a_typo_names_the_field_and_the_file() {
+    // A top-level field of an [[eval]] entry.
+    let err = parse_demo_with("lengths = [2048", "lenghts = [2048");
+    assert!(err.contains("demo.toml") && err.contains("unknown field `lenghts`") && err.contains("`lengths`"), "{err}");
+    // A field inside the evaluator's own table.
+    let err = parse_demo_with("truncate = true", "truncat = true");
+    assert!(err.contains("unknown field `truncat`") && err.contains("ppl"), "{err}");
+    // A field of [[model]].
+    let err = parse_demo_with("dtype = \"bf16\"", "dtyp = \"bf16\"");
+    assert!(err.contains("unknown field `dtyp`"), "{err}");
+    // A field of the inline search config.
+    let err = parse_demo_with("population_size = 3", "populaton_size = 3");
+    assert!(err.contains("populaton_size"), "{err}");
+    // Unknown plugins list the known ones.
+    let err = parse_demo_with("scaling = \"yarn\"", "scaling = \"yarnn\"");
+    assert!(err.contains("yarnn") && err.contains("longrope, none, ntk, pi, yarn"), "{err}");
+    let err = parse_demo_with("evaluator = \"passkey\"", "evaluator = \"passkee\"");
+    assert!(err.contains("passkee") && err.contains("needle-ppl, passkey, ppl"), "{err}");
+    // References between tables are checked.
+    let err = parse_demo_with("from_search = \"longrope-16k\"", "from_search = \"longrope-8k\"");
+    assert!(err.contains("longrope-8k") && err.contains("known searches: longrope-16k"), "{err}");
+}
+
+/// A text the tiny model's byte-level tokenizer turns into a few thousand tokens.
+fn corpus_text() -> String {
+    let words = ["the", "river", "ran", "past", "old", "mill", "and", "a", "heron", "stood", "very", "still", "while", "rain", "fell"];
+    let mut s = String::new();
+    let mut x: u64 = 7;
+    for i in 0..1500 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s.push_str(words[(x >> 33) as usize % words.len()]);
+        s.push(if i % 11 == 10 { '.' } else { ' ' });
+        if i % 11 == 10 {
+            s.push(' ');
+        }
+    }
+    s
+}
+
+/// A tiny experiment: tiny random Llama (L = 256), 3 + 2 ablation methods + a searched one, ppl at 4 lengths
+/// (beyond L at 512), passkey at 512, a search of 4 evaluations.
+fn tiny_experiment(dir: &Path, extra_length: bool) -> PathBuf {
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(&corpus, corpus_text()).unwrap();
+    let lengths = if extra_length { "[64, 128, 256, 512, 384]" } else { "[64, 128, 256, 512]" };
+    let text = format!(
+        r#"name = "tiny"
+target = 512
+
+[[model]]
+name = "tiny-llama"
+path = {model:?}
+
+[data]
+corpus = [{corpus:?}]
+
+[[search]]
+name = "s"
+[search.config]
+target_length = 512
+[search.config.fitness]
+documents = 1
+[search.config.strategy]
+strategy = "evolution"
+population_size = 3
+iterations = 1
+mutation_numbers = 1
+crossover_size = 0
+parents_size = 2
+
+[[method]]
+name = "none"
+scaling = "none"
+
+[[method]]
+name = "pi"
+scaling = "pi"
+
+[[method]]
+name = "yarn"
+scaling = "yarn"
+
+[[method]]
+name = "longrope"
+from_search = "s"
+
+[[ablation]]
+method = "yarn"
+[ablation.grid]
+beta_slow = [0.25, 4.0]
+
+[[eval]]
+evaluator = "ppl"
+lengths = {lengths}
+[eval.config]
+samples = 1
+truncate = true
+
+[[eval]]
+evaluator = "passkey"
+lengths = [512]
+methods = ["none", "longrope"]
+[eval.config]
+samples = 1
+depths = [0.5]
+"#,
+        model = common::tiny_llama().display().to_string(),
+        corpus = corpus.display().to_string(),
+    );
+    let p = dir.join(if extra_length { "tiny-v2.toml" } else { "tiny.toml" });
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = longrope(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "longrope {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// `results.json` without the fields that measure time or the machine.
+fn stable(path: &Path) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.retain(|k, _| !k.contains("seconds") && k != "machine");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path.join("results.json")).unwrap()).unwrap();
+    strip(&mut v);
+    v
+}
+
+fn cached_lines(stdout: &str) -> usize {
+    stdout.lines().filter(|l| l.ends_with("(cached)") && l.starts_with('[')).count()
+}
+
+#[test]
+fn tiny_experiment_resumes_to_the_same_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = tiny_experiment(dir.path(), false);
+    let exp_s = exp.to_str().unwrap();
+    // 6 methods x 4 ppl lengths + 2 passkey cells.
+    let total = 26;
+
+    // Uninterrupted.
+    let a = dir.path().join("a");
+    let out = run_ok(&["run", exp_s, "--out", a.to_str().unwrap()]);
+    assert!(out.contains(&format!("[{total:>3}/{total}]")), "{out}");
+    let results_a = stable(&a);
+    let cells = results_a["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), total);
+    let methods: Vec<&str> = cells.iter().filter(|c| c["length"] == 64).map(|c| c["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["none", "pi", "yarn", "yarn[beta_slow=0.25]", "yarn[beta_slow=4.0]", "longrope"]);
+    assert_eq!(results_a["searches"][0]["cost"]["evaluations"], 4);
+    // The search's fitness (EvaluatorFitness: ppl of one truncated window at L' = 512) is exactly the ppl cell
+    // of the method built from its best candidate at 512.
+    let searched = cells.iter().find(|c| c["method"] == "longrope" && c["length"] == 512 && c["evaluator"] == "ppl").unwrap();
+    assert_eq!(results_a["searches"][0]["best_fitness"], searched["score"]["value"]);
+    assert_eq!(searched["scaling"], "longrope");
+    for f in ["results.json", "results.csv", "report.md"] {
+        assert!(a.join(f).exists(), "{f}");
+    }
+    let csv = std::fs::read_to_string(a.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), total + 1);
+    let md = std::fs::read_to_string(a.join("report.md")).unwrap();
+    assert!(md.contains("## Perplexity") && md.contains("## Passkey") && md.contains("## Search") && md.contains("## Cost"), "{md}");
+    if longrope_experiment::plots::FONT_PATHS.iter().any(|p| Path::new(p).exists()) {
+        for f in ["ppl-tiny-llama", "passkey-tiny-llama", "search-fitness"] {
+            for ext in ["png", "svg"] {
+                let p = a.join("plots").join(format!("{f}.{ext}"));
+                assert!(std::fs::metadata(&p).map(|m| m.len() > 1000).unwrap_or(false), "{} missing or empty", p.display());
+            }
+        }
+    }
+
+    // A re-run computes nothing.
+    let again = run_ok(&["run", exp_s, "--out", a.to_str().unwrap()]);
+    assert_eq!(cached_lines(&again), total, "{again}");
+    assert_eq!(stable(&a), results_a);
+
+    // Stopped after 5 new cells, then resumed.
+    let b = dir.path().join("b");
+    let out = run_ok(&["run", exp_s, "--out", b.to_str().unwrap(), "--stop-after-cells", "5"]);
+    assert!(out.contains("stopped after 5 new cells"), "{out}");
+    assert!(!b.join("results.json").exists());
+    let cached = std::fs::read_dir(b.join("cells")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json")).count();
+    assert_eq!(cached, 5);
+    let out = run_ok(&["run", exp_s, "--out", b.to_str().unwrap(), "--resume"]);
+    assert_eq!(cached_lines(&out), 5, "{out}");
+    assert_eq!(stable(&b), results_a, "resumed results differ from the uninterrupted run's");
+
+    // Killed with SIGKILL once the first cells are cached, then resumed.
+    let c = dir.path().join("c");
+    let mut child = Command::new(longrope_bin())
+        .args(["run", exp_s, "--out", c.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let n = std::fs::read_dir(c.join("cells")).map(|d| d.count()).unwrap_or(0);
+        if n >= 3 || start.elapsed() > Duration::from_secs(120) || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    run_ok(&["run", exp_s, "--out", c.to_str().unwrap()]);
+    assert_eq!(stable(&c), results_a, "results after kill -9 and resume differ");
+
+    // Another version of the experiment refuses the directory without --resume, and reuses its cells with it.
+    let exp2 = tiny_experiment(dir.path(), true);
+    let out = longrope(&["run", exp2.to_str().unwrap(), "--out", a.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--resume"), "{err}");
+    let out = run_ok(&["run", exp2.to_str().unwrap(), "--out", a.to_str().unwrap(), "--resume"]);
+    assert_eq!(cached_lines(&out), total, "only the 6 cells of the new length are computed:\n{out}");
+    assert!(out.contains(&format!("[{0:>3}/{0}]", total + 6)), "{out}");
+    assert!(out.contains("(cached)") && out.contains("search s: best fitness"), "{out}");
+
+    // compare merges runs.
+    let table = run_ok(&["compare", a.to_str().unwrap(), b.join("results.json").to_str().unwrap()]);
+    assert!(table.contains("| run | model | method |") && table.contains("yarn[beta_slow=0.25]"), "{table}");
+    assert_eq!(table.lines().filter(|l| l.contains("| tiny-llama | longrope |")).count(), 4, "{table}");
+}

@@ -1,0 +1,357 @@
+//! Models against HF transformers: golden fixtures written by `scripts/fixtures/model_golden.py`.
+//!
+//! - tiny random Llama (f32, one safetensors file, untied) and Mistral (bf16 shards, tied, sliding window 8):
+//!   logits to 1e-5; KV-cache continuation equal to a full forward;
+//! - SmolLM2-135M GGUF (Q4_1/Q8_0/F32): logits to 1e-3 at ~200 tokens, mean NLL to 1e-4, tokenizer ids,
+//!   greedy 20 tokens, bf16 NLL within 1% of f32;
+//! - greedy generation rebuilds the KV cache when the tables change with the sequence length;
+//! - `longrope model info` on truncated / corrupt / unsupported files: one-line error naming the file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use longrope_core::generate::greedy_generate;
+use longrope_core::model::{KvCache, LanguageModel, LoadOptions};
+use longrope_core::scaling::{LayerTables, PositionScaling, RopeSchedule};
+use longrope_core::{RopeContext, RopeShape, RopeTables};
+use tch::{Kind, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    common::root().join("tests/fixtures/models").join(name)
+}
+
+fn golden(name: &str) -> std::collections::HashMap<String, Tensor> {
+    Tensor::read_safetensors(fixture(name)).expect("golden fixture").into_iter().collect()
+}
+
+fn load(path: &Path, dtype: Kind) -> Box<dyn LanguageModel> {
+    let options = LoadOptions { dtype, ..LoadOptions::default() };
+    longrope_models::load(path, &options).unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
+}
+
+fn original(model: &dyn LanguageModel) -> LayerTables {
+    let s = model.summary();
+    let t = Arc::new(RopeTables::original(&s.rope_shape(s.max_position_embeddings)));
+    LayerTables { layers: vec![t; s.num_layers] }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
+}
+
+fn ids_of(t: &Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(t.flatten(0, -1)).expect("i64 ids")
+}
+
+fn check_tiny(dir: PathBuf, golden_name: &str, arch: &str) -> Box<dyn LanguageModel> {
+    let model = load(&dir, Kind::Float);
+    assert_eq!(model.summary().arch, arch);
+    let g = golden(golden_name);
+    let ids = g["input_ids"].unsqueeze(0);
+    let logits = model.forward(&ids, &original(model.as_ref()), None).unwrap().squeeze_dim(0);
+    let diff = max_abs_diff(&logits, &g["logits"]);
+    eprintln!("{arch}: max |logits - HF| = {diff:e}");
+    assert!(diff <= 1e-5, "{arch}: max |logits - HF| = {diff}");
+    model
+}
+
+#[test]
+fn tiny_llama_logits_equal_hf() {
+    let model = check_tiny(common::tiny_llama(), "tiny_llama_golden.safetensors", "llama");
+    let s = model.summary();
+    assert_eq!((s.num_layers, s.num_heads, s.num_kv_heads, s.head_dim, s.vocab_size), (2, 4, 2, 16, 320));
+    assert!(!s.tied_embeddings);
+    assert_eq!(s.weight_dtype, "F32");
+}
+
+#[test]
+fn tiny_mistral_logits_equal_hf_with_sliding_window() {
+    let model = check_tiny(common::tiny_mistral(), "tiny_mistral_golden.safetensors", "mistral");
+    let s = model.summary();
+    assert_eq!(s.sliding_window, Some(8));
+    assert!(s.tied_embeddings);
+    assert_eq!(s.weight_dtype, "BF16");
+    // Without the window the logits differ: the window is really applied.
+    let options = LoadOptions { sliding_window: Some(None), ..LoadOptions::default() };
+    let wide = longrope_models::load(&common::tiny_mistral(), &options).unwrap();
+    assert_eq!(wide.summary().sliding_window, None);
+    let g = golden("tiny_mistral_golden.safetensors");
+    let logits = wide.forward(&g["input_ids"].unsqueeze(0), &original(wide.as_ref()), None).unwrap().squeeze_dim(0);
+    assert!(max_abs_diff(&logits, &g["logits"]) > 1e-3);
+}
+
+#[test]
+fn kv_cache_continuation_equals_full_forward() {
+    for (dir, name) in [
+        (common::tiny_llama(), "tiny_llama_golden.safetensors"),
+        (common::tiny_mistral(), "tiny_mistral_golden.safetensors"),
+    ] {
+        let model = load(&dir, Kind::Float);
+        let tables = original(model.as_ref());
+        let ids = golden(name)["input_ids"].unsqueeze(0);
+        let full = model.forward(&ids, &tables, None).unwrap();
+        let mut cache = KvCache::default();
+        let mut parts = Vec::new();
+        for (start, len) in [(0, 20), (20, 1), (21, 27)] {
+            parts.push(model.forward(&ids.narrow(1, start, len), &tables, Some(&mut cache)).unwrap());
+        }
+        assert_eq!(cache.len, 48);
+        let diff = max_abs_diff(&Tensor::cat(&parts, 1), &full);
+        assert!(diff <= 1e-5, "{}: cached vs full {diff}", dir.display());
+        // A cache built under other tables is refused rather than silently reused.
+        let mut other = (*tables.layers[0]).clone();
+        other.inv_freq[1] *= 0.5;
+        let other = LayerTables { layers: vec![Arc::new(other); tables.layers.len()] };
+        assert!(model.forward(&ids.narrow(1, 0, 1), &other, Some(&mut cache)).is_err());
+    }
+}
+
+#[test]
+fn nll_is_chunked_sum_of_log_softmax() {
+    let model = load(&common::tiny_llama(), Kind::Float);
+    let g = golden("tiny_llama_golden.safetensors");
+    let ids = ids_of(&g["input_ids"]);
+    let logp = g["logits"].to_kind(Kind::Double).log_softmax(-1, Kind::Double);
+    let mut expected = 0.0;
+    for p in 5..ids.len() {
+        expected -= logp.double_value(&[(p - 1) as i64, ids[p]]);
+    }
+    let got = model.nll(&ids, &original(model.as_ref()), 5).unwrap();
+    assert_eq!(got.count, ids.len() - 5);
+    assert!((got.sum - expected).abs() < 1e-4, "{} vs {expected}", got.sum);
+}
+
+/// A test method whose tables change with the sequence length (like dynamic NTK): frequencies halve once the
+/// sequence is longer than `switch`.
+#[derive(Debug)]
+struct SwitchAt {
+    switch: usize,
+}
+
+impl PositionScaling for SwitchAt {
+    fn name(&self) -> &str {
+        "switch-at-test"
+    }
+    fn tables(&self, ctx: &RopeContext) -> longrope_core::Result<RopeTables> {
+        let f = if ctx.seq_len > self.switch { 0.5 } else { 1.0 };
+        Ok(RopeTables::new(ctx.shape.base_inv_freq().iter().map(|v| v * f).collect(), 1.0))
+    }
+    fn depends_on_seq_len(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn greedy_generation_rebuilds_cache_when_tables_change() {
+    let model = load(&common::tiny_llama(), Kind::Float);
+    let s = model.summary().clone();
+    let shape: RopeShape = s.rope_shape(s.max_position_embeddings);
+    let schedule = RopeSchedule { shape, method: Arc::new(SwitchAt { switch: 16 }) };
+    let prompt: Vec<u32> = ids_of(&golden("tiny_llama_golden.safetensors")["input_ids"])[..10].iter().map(|&i| i as u32).collect();
+    assert_ne!(schedule.tables(10).unwrap(), schedule.tables(17).unwrap(), "the tables switch mid-generation");
+    let got = greedy_generate(model.as_ref(), &prompt, 12, &schedule, false).unwrap();
+    // Reference: a full forward (no cache) at every step under the tables of that step's length.
+    let mut seq: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+    let mut expected = Vec::new();
+    for _ in 0..12 {
+        let tables = schedule.tables(seq.len()).unwrap();
+        let logits = model.forward(&Tensor::from_slice(&seq).unsqueeze(0), &tables, None).unwrap();
+        let next = logits.select(1, -1).argmax(-1, false).int64_value(&[0]);
+        seq.push(next);
+        expected.push(next as u32);
+    }
+    assert_eq!(got, expected);
+}
+
+// ---------------------------------------------------------------- SmolLM2 (real GGUF) ----------------------
+
+fn smollm2_f32() -> Option<&'static Mutex<Box<dyn LanguageModel>>> {
+    static MODEL: OnceLock<Option<Mutex<Box<dyn LanguageModel>>>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| match common::smollm2() {
+            Some(p) => Some(Mutex::new(load(&p, Kind::Float))),
+            None => {
+                eprintln!("SmolLM2 GGUF not fetched: skipping (run `make assets`)");
+                None
+            }
+        })
+        .as_ref()
+}
+
+fn smollm2_doc() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("smollm2_golden.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn smollm2_logits_and_nll_equal_hf() {
+    let Some(model) = smollm2_f32() else { return };
+    let model = model.lock().unwrap();
+    let g = golden("smollm2_golden.safetensors");
+    let ids = g["input_ids"].unsqueeze(0);
+    assert_eq!(ids.size()[1], 200);
+    let logits = model.forward(&ids, &original(model.as_ref()), None).unwrap().squeeze_dim(0);
+    let cols = logits.index_select(1, &g["columns"]);
+    let d_cols = max_abs_diff(&cols, &g["logits_at_columns"]);
+    let d_rows = max_abs_diff(&logits.index_select(0, &g["full_positions"]), &g["full_rows"]);
+    eprintln!("SmolLM2 f32: max |logits - HF| columns {d_cols:e}, full rows {d_rows:e}");
+    assert!(d_cols <= 1e-3 && d_rows <= 1e-3, "max |logits - HF|: columns {d_cols}, full rows {d_rows}");
+    let nll = model.nll(&ids_of(&g["input_ids"]), &original(model.as_ref()), 0).unwrap();
+    let hf_mean = smollm2_doc()["mean_nll"].as_f64().unwrap();
+    assert_eq!(nll.count, 199);
+    eprintln!("SmolLM2 f32: mean NLL {} vs HF {hf_mean}", nll.mean());
+    assert!((nll.mean() - hf_mean).abs() <= 1e-4, "mean NLL {} vs HF {hf_mean}", nll.mean());
+}
+
+#[test]
+fn smollm2_tokenizer_ids_equal_hf() {
+    let Some(model) = smollm2_f32() else { return };
+    let model = model.lock().unwrap();
+    let tok = model.tokenizer();
+    for case in smollm2_doc()["tokenizer_cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let expected: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(ids, expected, "token ids of {text:?}");
+        assert_eq!(tok.decode(&ids, false).unwrap(), case["decoded"].as_str().unwrap(), "round trip of {text:?}");
+    }
+}
+
+#[test]
+fn smollm2_greedy_20_tokens_equal_hf() {
+    let Some(model) = smollm2_f32() else { return };
+    let model = model.lock().unwrap();
+    let doc = smollm2_doc();
+    let g = &doc["greedy"];
+    let prompt = model.tokenizer().encode(g["prompt"].as_str().unwrap(), false).unwrap().get_ids().to_vec();
+    let hf_prompt: Vec<u32> = g["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    assert_eq!(prompt, hf_prompt);
+    let s = model.summary().clone();
+    let schedule = RopeSchedule { shape: s.rope_shape(s.max_position_embeddings), method: Arc::new(SwitchAt { switch: usize::MAX }) };
+    let new = greedy_generate(model.as_ref(), &prompt, 20, &schedule, true).unwrap();
+    let hf_new: Vec<u32> = g["new_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    assert_eq!(new, hf_new, "ours: {:?}", model.tokenizer().decode(&new, false));
+}
+
+#[test]
+fn smollm2_bf16_nll_within_one_percent_of_f32() {
+    let Some(path) = common::smollm2() else { return };
+    let g = golden("smollm2_golden.safetensors");
+    let ids = ids_of(&g["input_ids"]);
+    let f32_nll = {
+        let m = smollm2_f32().unwrap().lock().unwrap();
+        m.nll(&ids, &original(m.as_ref()), 0).unwrap().mean()
+    };
+    let bf16 = load(&path, Kind::BFloat16);
+    assert_eq!(bf16.dtype(), Kind::BFloat16);
+    let bf16_nll = bf16.nll(&ids, &original(bf16.as_ref()), 0).unwrap().mean();
+    let rel = (bf16_nll - f32_nll).abs() / f32_nll;
+    eprintln!("SmolLM2 mean NLL: bf16 {bf16_nll} vs f32 {f32_nll} ({:.3}%)", rel * 100.0);
+    assert!(rel < 0.01, "bf16 NLL {bf16_nll} vs f32 {f32_nll}: {:.3}%", rel * 100.0);
+}
+
+// ---------------------------------------------------------------- CLI and bad files ------------------------
+
+#[test]
+fn model_info_reports_smollm2() {
+    let Some(path) = common::smollm2() else { return };
+    let out = common::longrope(&["model", "info", path.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["arch"], "llama");
+    assert_eq!(s["format"], "gguf");
+    assert_eq!(s["num_layers"], 30);
+    assert_eq!(s["num_heads"], 9);
+    assert_eq!(s["num_kv_heads"], 3);
+    assert_eq!(s["head_dim"], 64);
+    assert_eq!(s["vocab_size"], 49152);
+    assert_eq!(s["rope_base"], 100000.0);
+    assert_eq!(s["max_position_embeddings"], 8192);
+    assert_eq!(s["weight_dtype"], "Q4_1, F32, Q8_0");
+    assert_eq!(s["tied_embeddings"], true);
+}
+
+#[test]
+fn generate_cli_json_has_ids_and_text() {
+    let dir = common::tiny_llama();
+    let out = common::longrope(&[
+        "generate", "--model", dir.to_str().unwrap(), "--prompt", "Emma Woodhouse", "--max-new-tokens", "5",
+        "--ignore-eos", "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<u32> = doc["new_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    assert_eq!(ids.len(), 5);
+    let model = load(&dir, Kind::Float);
+    assert_eq!(doc["text"].as_str().unwrap(), model.tokenizer().decode(&ids, false).unwrap());
+    let prompt = model.tokenizer().encode("Emma Woodhouse", true).unwrap().get_ids().to_vec();
+    let s = model.summary().clone();
+    let schedule = RopeSchedule { shape: s.rope_shape(s.max_position_embeddings), method: Arc::new(SwitchAt { switch: usize::MAX }) };
+    assert_eq!(ids, greedy_generate(model.as_ref(), &prompt, 5, &schedule, false).unwrap());
+}
+
+/// A minimal GGUF v3 file: metadata and one F32/other-typed tensor of 32 values.
+fn tiny_gguf(arch: &str, tensor_type: u32) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    let s = |b: &mut Vec<u8>, x: &str| {
+        b.extend((x.len() as u64).to_le_bytes());
+        b.extend(x.as_bytes());
+    };
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // metadata
+    s(&mut b, "general.architecture");
+    b.extend(8u32.to_le_bytes());
+    s(&mut b, arch);
+    s(&mut b, "token_embd.weight");
+    b.extend(1u32.to_le_bytes());
+    b.extend(32u64.to_le_bytes());
+    b.extend(tensor_type.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    b.extend([0u8; 128]);
+    b
+}
+
+fn info_error(path: &Path) -> String {
+    let out = common::longrope(&["model", "info", path.to_str().unwrap()]);
+    assert!(!out.status.success(), "{} should fail", path.display());
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "one-line error: {err}");
+    assert!(err.contains(path.to_str().unwrap()), "error names the file: {err}");
+    err
+}
+
+#[test]
+fn model_info_on_bad_files_names_file_and_problem() {
+    let dir = std::env::temp_dir().join(format!("longrope-models-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let err = info_error(&write("garbage.gguf", b"this is not a gguf file at all"));
+    assert!(err.contains("bad magic"), "{err}");
+    let err = info_error(&write("unknown-arch.gguf", &tiny_gguf("gpt-neox", 0)));
+    assert!(err.contains("unknown architecture `gpt-neox`") && err.contains("llama, mistral"), "{err}");
+    let err = info_error(&write("q5k.gguf", &tiny_gguf("llama", 13)));
+    assert!(err.contains("token_embd.weight") && err.contains("Q5_K"), "{err}");
+    let full = tiny_gguf("llama", 0);
+    let err = info_error(&write("cut-header.gguf", &full[..40]));
+    assert!(err.contains("truncated"), "{err}");
+    let err = info_error(&write("cut-data.gguf", &full[..full.len() - 64]));
+    assert!(err.contains("truncated") && err.contains("token_embd.weight"), "{err}");
+    if let Some(real) = common::smollm2() {
+        let bytes = std::fs::read(real).unwrap();
+        let err = info_error(&write("smollm2-cut.gguf", &bytes[..bytes.len() / 2]));
+        assert!(err.contains("truncated"), "{err}");
+    }
+    let err = info_error(&dir.join("missing.gguf"));
+    assert!(err.contains("No such file"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

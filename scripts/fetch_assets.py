@@ -213,7 +213,13 @@ def fetch_model(cache, python):
 
 
 def fetch_debs(tmp, packages):
-    run(["apt-get", "download", *packages], "corpus download (apt-get download)", cwd=tmp)
+    try:
+        subprocess.run(["apt-get", "download", *packages], check=True, capture_output=True, text=True, cwd=tmp)
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        # A fresh machine may have no package lists yet: refresh them once, then try again.
+        log("apt-get download failed; running apt-get update once and retrying ...")
+        run(["apt-get", "update", "-qq"], "apt-get update (needs root and Debian's archive)")
+        run(["apt-get", "download", *packages], "corpus download (apt-get download)", cwd=tmp)
     root = os.path.join(tmp, "root")
     for f in sorted(os.listdir(tmp)):
         if f.endswith(".deb"):

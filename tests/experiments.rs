@@ -324,3 +324,34 @@ fn tiny_experiment_resumes_to_the_same_results() {
     assert!(table.contains("| run | model | method |") && table.contains("yarn[beta_slow=0.25]"), "{table}");
     assert_eq!(table.lines().filter(|l| l.contains("| tiny-llama | longrope |")).count(), 4, "{table}");
 }
+
+/// `plugins = [...]` in an experiment loads dynamic plugins before the methods are parsed, so a method can
+/// name one like a built-in; a missing library is an error naming it.
+#[test]
+fn experiment_plugins_are_loaded_before_methods_are_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, corpus_text()).unwrap();
+    let write = |lib: &str| {
+        let text = format!(
+            "name = \"dyn\"\ntarget = 512\nplugins = [{lib:?}]\n[[model]]\nname = \"m\"\npath = {:?}\n[data]\ncorpus = [{:?}]\n\
+             [[method]]\nname = \"pow\"\nscaling = \"powerlaw\"\n[[eval]]\nevaluator = \"ppl\"\nlengths = [512]\n[eval.config]\nsamples = 1\ntruncate = true\n",
+            common::tiny_llama().display().to_string(),
+            corpus.display().to_string()
+        );
+        let p = dir.path().join("dyn.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let lib = common::cdylib("longrope_plugin_powerlaw");
+    let exp = write(lib.to_str().unwrap());
+    let out = run_ok(&["run", exp.to_str().unwrap(), "--out", dir.path().join("out").to_str().unwrap()]);
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/results.json")).unwrap()).unwrap();
+    assert!(results.to_string().contains("\"pow\""), "{out}\n{results}");
+    let exp = write("no-such-lib.so");
+    let o = longrope(&["run", exp.to_str().unwrap(), "--check"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("plugins") && err.contains("no-such-lib.so"), "{err}");
+}

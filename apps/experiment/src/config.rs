@@ -60,6 +60,10 @@ pub struct ExperimentFile {
     /// `[[ablation]]`: sweeps over fields of a method's scaling config or of a search config.
     #[serde(default, rename = "ablation")]
     pub ablations: Vec<AblationEntry>,
+    /// Dynamic plugin libraries (`longrope-plugin-abi`) to load before anything is parsed, relative to the
+    /// experiment file; their methods are then named like built-in ones (`scaling = "powerlaw"`).
+    #[serde(default)]
+    pub plugins: Vec<PathBuf>,
 }
 
 /// `[[model]]`: a model and where it runs.
@@ -359,6 +363,10 @@ impl Experiment {
         let file: ExperimentFile = toml::from_str(text).map_err(|e| ExperimentError::config(path, e.to_string()))?;
         let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let err = |m: String| ExperimentError::config(path, m);
+
+        // Dynamic plugins first: the methods below may name them.
+        let libraries: Vec<PathBuf> = file.plugins.iter().map(|p| resolve(&dir, p)).collect();
+        longrope_plugin_abi::host::load_plugins(&libraries).map_err(|e| err(format!("plugins: {e}")))?;
 
         // Models.
         if file.models.is_empty() {

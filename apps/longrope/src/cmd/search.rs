@@ -163,17 +163,7 @@ pub fn run(args: Args) -> Result<()> {
         ctx.seeds.len(),
         out.display()
     );
-    let opts = DriverOptions {
-        out_dir: out.clone(),
-        resume: args.resume,
-        stop_after_generations: args.stop_after_generations,
-        progress: !args.no_progress,
-    };
-    let outcome = Driver::new(strategy, &mut fitness, shape, meta, opts)
-        .run()
-        .with_context(|| format!("search into {}", out.display()))?;
-    report(outcome, &out);
-    Ok(())
+    drive(&args, strategy, &mut fitness, shape, meta, &out)
 }
 
 /// One fitness worker that owns its model (on its own device) and its documents.
@@ -255,16 +245,28 @@ fn run_model(args: &Args, file: SearchFile, out: PathBuf, strategy_name: String)
         file.target_length,
         out.display()
     );
+    drive(args, strategy, &mut fitness, shape, meta, &out)
+}
+
+/// Run the driver with the command's options and report how it ended.
+fn drive(
+    args: &Args,
+    strategy: Box<dyn longrope_core::SearchStrategy>,
+    fitness: &mut dyn Fitness,
+    shape: RopeShape,
+    meta: serde_json::Value,
+    out: &std::path::Path,
+) -> Result<()> {
     let opts = DriverOptions {
-        out_dir: out.clone(),
+        out_dir: out.to_path_buf(),
         resume: args.resume,
         stop_after_generations: args.stop_after_generations,
         progress: !args.no_progress,
     };
-    let outcome = Driver::new(strategy, &mut fitness, shape, meta, opts)
+    let outcome = Driver::new(strategy, fitness, shape, meta, opts)
         .run()
         .with_context(|| format!("search into {}", out.display()))?;
-    report(outcome, &out);
+    report(outcome, out);
     Ok(())
 }
 

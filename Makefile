@@ -15,7 +15,10 @@ reference:
 build: setup
 	cargo build --release -p longrope
 
+# The integration tests in tests/ run the `longrope` binary and the example plugin libraries, which
+# `cargo test` alone does not build (they belong to other workspace packages): build the workspace first.
 test: assets
+	cargo build --workspace
 	cargo test --workspace
 
 demo: assets build

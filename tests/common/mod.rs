@@ -23,7 +23,7 @@ pub fn longrope_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
     let bin = profile_dir.join("longrope");
-    assert!(bin.exists(), "{} not built: run `cargo test --workspace` (it builds the binary)", bin.display());
+    assert!(bin.exists(), "{} not built: run `cargo build --workspace` before the tests (`make test` does)", bin.display());
     bin
 }
 
@@ -54,7 +54,7 @@ pub fn cdylib(lib_name: &str) -> PathBuf {
         .into_iter()
         .filter(|p| p.exists())
         .max_by_key(modified)
-        .unwrap_or_else(|| panic!("{file} not built: run `cargo test --workspace` (it builds the plugin libraries)"))
+        .unwrap_or_else(|| panic!("{file} not built: run `cargo build --workspace` before the tests (`make test` does)"))
 }
 
 /// The tiny random Llama HF directory (2 layers, vocab 320, f32, untied head) written by

@@ -15,7 +15,7 @@ use longrope_core::model::{LanguageModel, LoadOptions, ModelSummary};
 use longrope_core::scaling::RopeSchedule;
 use longrope_core::search::Candidate;
 use longrope_core::RopeShape;
-use longrope_eval::data::Corpus;
+use longrope_eval::data::CorpusSet;
 use longrope_search::driver::{DriverOptions, Outcome};
 use longrope_search::outputs::{CostAccount, CurvePoint};
 use longrope_search::{candidate_to_toml, fitness_evaluator_config, Driver, EvaluatorFitness};
@@ -150,45 +150,6 @@ fn model_identity(m: &ModelEntry) -> serde_json::Value {
     serde_json::json!({"path": path.display().to_string(), "dtype": m.dtype, "device": m.device})
 }
 
-/// Documents of several corpus paths, one after another.
-struct MultiSource {
-    parts: Vec<Corpus>,
-    index: Vec<(usize, usize)>,
-}
-
-impl MultiSource {
-    fn open(paths: &[PathBuf], tokenizer: &tokenizers::Tokenizer) -> Result<Self> {
-        let mut parts = Vec::new();
-        let mut index = Vec::new();
-        for (p, path) in paths.iter().enumerate() {
-            let c = Corpus::open(path, tokenizer)?;
-            for i in 0..c.source().num_docs() {
-                index.push((p, i));
-            }
-            parts.push(c);
-        }
-        Ok(MultiSource { parts, index })
-    }
-}
-
-impl TokenSource for MultiSource {
-    fn num_docs(&self) -> usize {
-        self.index.len()
-    }
-    fn doc_name(&self, i: usize) -> String {
-        let (p, j) = self.index[i];
-        self.parts[p].source().doc_name(j)
-    }
-    fn doc_len(&self, i: usize) -> usize {
-        let (p, j) = self.index[i];
-        self.parts[p].source().doc_len(j)
-    }
-    fn doc(&self, i: usize) -> longrope_core::Result<Vec<u32>> {
-        let (p, j) = self.index[i];
-        self.parts[p].source().doc(j)
-    }
-}
-
 /// The data identity of a corpus list: paths and sizes.
 fn data_identity(paths: &[PathBuf]) -> serde_json::Value {
     paths
@@ -225,7 +186,7 @@ fn load_model(m: &ModelEntry) -> Result<Box<dyn LanguageModel>> {
 /// A loaded model with its corpus, created on first use.
 struct Loaded {
     model: Box<dyn LanguageModel>,
-    data: Option<MultiSource>,
+    data: Option<CorpusSet>,
 }
 
 /// Run an experiment into `opts.out_dir`; `log` receives one progress line per step.
@@ -359,7 +320,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
             if loaded.is_none() {
                 log(format!("loading model {} ({})", m.name, m.path.display()));
                 let model = load_model(m)?;
-                let data = if exp.corpus.is_empty() { None } else { Some(MultiSource::open(&exp.corpus, model.tokenizer())?) };
+                let data = if exp.corpus.is_empty() { None } else { Some(CorpusSet::open(&exp.corpus, model.tokenizer())?) };
                 loaded = Some(Loaded { model, data });
             }
             let l = loaded.as_ref().expect("loaded above");
@@ -462,7 +423,7 @@ fn run_search(
     if loaded.is_none() {
         log(format!("loading model {} ({})", m.name, m.path.display()));
         let model = load_model(m)?;
-        let data = if exp.corpus.is_empty() { None } else { Some(MultiSource::open(&exp.corpus, model.tokenizer())?) };
+        let data = if exp.corpus.is_empty() { None } else { Some(CorpusSet::open(&exp.corpus, model.tokenizer())?) };
         *loaded = Some(Loaded { model, data });
     }
     let l = loaded.as_ref().expect("loaded above");
@@ -470,7 +431,7 @@ fn run_search(
     let source: &dyn TokenSource = if s.file.fitness.corpus.is_empty() {
         l.data.as_ref().ok_or_else(|| ExperimentError::config(&exp.path, format!("search `{}`: no corpus", s.name)))?
     } else {
-        own = MultiSource::open(&s.file.fitness.corpus, l.model.tokenizer())?;
+        own = CorpusSet::open(&s.file.fitness.corpus, l.model.tokenizer())?;
         &own
     };
     let shape = l.model.summary().rope_shape(s.file.target_length);

@@ -128,6 +128,49 @@ impl Corpus {
     }
 }
 
+/// Several corpora (`--data`-style paths) read as one source: their documents one after another, in order.
+pub struct CorpusSet {
+    parts: Vec<Corpus>,
+    index: Vec<(usize, usize)>,
+}
+
+impl CorpusSet {
+    /// Open every path with [`Corpus::open`] for `tokenizer`.
+    pub fn open(paths: &[PathBuf], tokenizer: &tokenizers::Tokenizer) -> Result<CorpusSet> {
+        let mut parts = Vec::with_capacity(paths.len());
+        let mut index = Vec::new();
+        for (p, path) in paths.iter().enumerate() {
+            let corpus = Corpus::open(path, tokenizer)?;
+            index.extend((0..corpus.source().num_docs()).map(|i| (p, i)));
+            parts.push(corpus);
+        }
+        Ok(CorpusSet { parts, index })
+    }
+
+    fn locate(&self, i: usize) -> (&dyn TokenSource, usize) {
+        let (p, j) = self.index[i];
+        (self.parts[p].source(), j)
+    }
+}
+
+impl TokenSource for CorpusSet {
+    fn num_docs(&self) -> usize {
+        self.index.len()
+    }
+    fn doc_name(&self, i: usize) -> String {
+        let (s, j) = self.locate(i);
+        s.doc_name(j)
+    }
+    fn doc_len(&self, i: usize) -> usize {
+        let (s, j) = self.locate(i);
+        s.doc_len(j)
+    }
+    fn doc(&self, i: usize) -> longrope_core::Result<Vec<u32>> {
+        let (s, j) = self.locate(i);
+        s.doc(j)
+    }
+}
+
 /// Indices of the evaluation documents: those with at least `min_tokens` tokens, in corpus order (or shuffled
 /// with `shuffle_seed`), the first `samples`. Errors when none qualifies.
 pub fn select_docs(

@@ -169,19 +169,15 @@ impl TokenStore {
         }
         let store = TokenStore { path: path.into(), index, tokens };
         let vocab = store.index.tokenizer.vocab_size as u32;
-        if let Some(t) = store.raw().iter().position(|&t| t >= vocab) {
+        if let Some(t) = Self::ids(store.tokens.as_deref().unwrap_or(&[])).position(|t| t >= vocab) {
             return Err(corrupt(format!("token id at {t} exceeds the vocabulary ({vocab})")));
         }
         Ok(store)
     }
 
-    fn raw(&self) -> Vec<u32> {
-        self.tokens
-            .as_deref()
-            .unwrap_or(&[])
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
+    /// The token ids of `tokens.bin` bytes (little-endian `u32`).
+    fn ids(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+        bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
     }
 
     /// The store's index.
@@ -221,7 +217,7 @@ impl TokenSource for TokenStore {
     fn doc(&self, i: usize) -> longrope_core::Result<Vec<u32>> {
         let d = &self.index.docs[i];
         let bytes = &self.tokens.as_deref().unwrap_or(&[])[d.offset * 4..(d.offset + d.len) * 4];
-        Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(Self::ids(bytes).collect())
     }
 }
 

@@ -85,5 +85,17 @@ pub fn load(path: &Path, options: &LoadOptions) -> longrope_core::Result<Box<dyn
     plugin.load(path, options)
 }
 
+/// Only the tokenizer of a model path, without loading weights: GGUF metadata, an HF directory's
+/// `tokenizer.json`, or a `tokenizer.json` file itself.
+pub fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
+    if path.file_name().and_then(|n| n.to_str()) == Some("tokenizer.json") {
+        return tokenizer::from_file(path);
+    }
+    match Format::of(path)? {
+        Format::Gguf => tokenizer::from_gguf(&gguf::GgufFile::open(path)?),
+        Format::HfDir(dir) => tokenizer::from_file(&dir.join("tokenizer.json")),
+    }
+}
+
 /// Referenced by the binary so the linker keeps this crate and its `inventory` registrations.
 pub fn link() {}

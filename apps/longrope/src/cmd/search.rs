@@ -12,7 +12,7 @@ use longrope_core::eval::EvaluatorConfig;
 use longrope_core::model::LanguageModel;
 use longrope_core::search::Candidate;
 use longrope_core::RopeShape;
-use longrope_eval::data::{Corpus, TokenDocs};
+use longrope_eval::data::CorpusSet;
 use longrope_search::model_fitness::{fitness_evaluator_config, EvaluatorFitness};
 use longrope_search::{Evaluation, Fitness, ParallelFitness, SearchFile, SpaceKind, SyntheticFitness};
 
@@ -170,7 +170,7 @@ pub fn run(args: Args) -> Result<()> {
 struct ModelWorker {
     model: Box<dyn LanguageModel>,
     evaluator: Box<dyn EvaluatorConfig>,
-    docs: TokenDocs,
+    docs: CorpusSet,
     shape: RopeShape,
 }
 
@@ -184,19 +184,11 @@ impl Fitness for ModelWorker {
 
 /// The fitness corpus: every `[fitness] corpus` path (text, JSONL, directories, token stores), tokenized with
 /// the model's tokenizer, in order.
-fn fitness_docs(file: &SearchFile, tokenizer: &tokenizers::Tokenizer, origin: &std::path::Path) -> Result<TokenDocs> {
+fn fitness_docs(file: &SearchFile, tokenizer: &tokenizers::Tokenizer, origin: &std::path::Path) -> Result<CorpusSet> {
     if file.fitness.corpus.is_empty() {
         bail!("{}: [fitness] corpus is empty: name the documents the fitness is measured on", origin.display());
     }
-    let mut docs = TokenDocs::default();
-    for path in &file.fitness.corpus {
-        let corpus = Corpus::open(path, tokenizer).with_context(|| format!("[fitness] corpus {}", path.display()))?;
-        let source = corpus.source();
-        for i in 0..source.num_docs() {
-            docs.docs.push((source.doc_name(i), source.doc(i)?));
-        }
-    }
-    Ok(docs)
+    CorpusSet::open(&file.fitness.corpus, tokenizer).context("[fitness] corpus")
 }
 
 /// The search with the model-backed fitness: each worker loads the model once (worker `w` on `cuda:w` when

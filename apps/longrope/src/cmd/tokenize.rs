@@ -1,12 +1,11 @@
 //! `longrope tokenize`: text files, directories of them or JSONL -> a memory-mapped token store tied to the
 //! model's tokenizer (see `longrope_eval::store`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use longrope_eval::data::{read_text_docs, tokenize_docs};
 use longrope_eval::store::{TokenStore, TokenizerId};
-use longrope_models::Format;
 
 /// Arguments of `longrope tokenize`.
 #[derive(Debug, clap::Args)]
@@ -28,23 +27,9 @@ pub struct Args {
     json: bool,
 }
 
-/// The tokenizer of a model path (GGUF metadata, an HF directory's `tokenizer.json`, or that file itself).
-pub fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
-    if path.file_name().and_then(|n| n.to_str()) == Some("tokenizer.json") {
-        return Ok(longrope_models::tokenizer::from_file(path)?);
-    }
-    match Format::of(path)? {
-        Format::Gguf => {
-            let g = longrope_models::gguf::GgufFile::open(path)?;
-            Ok(longrope_models::tokenizer::from_gguf(&g)?)
-        }
-        Format::HfDir(dir) => Ok(longrope_models::tokenizer::from_file(&dir.join("tokenizer.json"))?),
-    }
-}
-
 /// Run `longrope tokenize`.
 pub fn run(args: Args) -> Result<()> {
-    let tokenizer = load_tokenizer(&args.model).with_context(|| format!("tokenizer of {}", args.model.display()))?;
+    let tokenizer = longrope_models::load_tokenizer(&args.model).with_context(|| format!("tokenizer of {}", args.model.display()))?;
     let mut docs = Vec::new();
     for input in &args.inputs {
         docs.extend(read_text_docs(input)?);

@@ -113,16 +113,45 @@ fn killed_search_resumes_without_rerunning_recorded_evaluations() {
 }
 
 #[test]
-fn baselines_spend_the_same_budget() {
+fn baselines_spend_the_same_budget_and_compare_with_the_evolution() {
+    let evo = out_dir("cmp-evolution");
+    let text = ok(&search(&evo, &[]));
+    // The evolution evaluates its seeds (generation 0) and reports them next to its best.
+    for seed in ["pi", "ntk", "yarn"] {
+        assert!(text.contains(&format!("seed {seed}: fitness ")), "{text}");
+    }
+    let mut dirs = vec![evo.clone()];
     for strategy in ["random", "grid"] {
         let dir = out_dir(strategy);
         let text = ok(&search(&dir, &["--strategy", strategy]));
         assert!(text.contains(&format!("cost: {BUDGET} evaluations")), "{strategy}: {text}");
         assert_eq!(history(&dir).len(), BUDGET, "{strategy}");
+        if strategy == "random" {
+            assert!(text.contains("seeds not evaluated by this search: pi, ntk, yarn"), "{text}");
+        }
+        dirs.push(dir);
     }
     let bad = search(&out_dir("bad"), &["--strategy", "nope"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown search plugin `nope`"));
+
+    // `longrope compare` on the three directories: one row each, the same budget, the best seed named.
+    let md_path = out_dir("cmp-md").with_extension("md");
+    let mut args: Vec<String> = vec!["compare".into()];
+    args.extend(dirs.iter().map(|d| d.display().to_string()));
+    args.extend(["--out".into(), md_path.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let md = ok(&longrope(&args));
+    assert_eq!(std::fs::read_to_string(&md_path).unwrap(), md);
+    for (dir, strategy) in dirs.iter().zip(["evolution", "random", "grid"]) {
+        let row = md.lines().find(|l| l.starts_with(&format!("| `{}` |", dir.display()))).unwrap_or_else(|| panic!("{md}"));
+        assert!(row.contains(&format!("| {strategy} | dim_mono | 0 | - | {BUDGET} |")), "{row}");
+    }
+    assert!(md.contains("vs best seed (ntk "), "{md}");
+    assert!(!md.contains("Not comparable"), "{md}");
+    let png = md_path.with_file_name(format!("{}-search-curve.png", md_path.file_stem().unwrap().to_str().unwrap()));
+    assert!(std::fs::metadata(&png).map(|m| m.len() > 1000).unwrap_or(false), "{}", png.display());
+    assert!(md.contains(&format!("]({})", png.file_name().unwrap().to_str().unwrap())), "{md}");
 }
 
 #[test]

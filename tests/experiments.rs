@@ -256,6 +256,13 @@ fn tiny_experiment_resumes_to_the_same_results() {
     let searched = cells.iter().find(|c| c["method"] == "longrope" && c["length"] == 512 && c["evaluator"] == "ppl").unwrap();
     assert_eq!(results_a["searches"][0]["best_fitness"], searched["score"]["value"]);
     assert_eq!(searched["scaling"], "longrope");
+    // Its population of 3 is the 3 seeds: each is reported with its fitness, and none beats the best.
+    let seeds = results_a["searches"][0]["seeds"].as_array().unwrap();
+    let names: Vec<&str> = seeds.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["pi", "ntk", "yarn"]);
+    let best = results_a["searches"][0]["best_fitness"].as_f64().unwrap();
+    let seed_fitness: Vec<f64> = seeds.iter().map(|s| s["fitness"].as_f64().unwrap()).collect();
+    assert!(seed_fitness.iter().all(|&f| best <= f), "{best} vs {seed_fitness:?}");
     for f in ["results.json", "results.csv", "report.md"] {
         assert!(a.join(f).exists(), "{f}");
     }
@@ -263,6 +270,8 @@ fn tiny_experiment_resumes_to_the_same_results() {
     assert_eq!(csv.lines().count(), total + 1);
     let md = std::fs::read_to_string(a.join("report.md")).unwrap();
     assert!(md.contains("## Perplexity") && md.contains("## Passkey") && md.contains("## Search") && md.contains("## Cost"), "{md}");
+    let (i, f) = seed_fitness.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).unwrap();
+    assert!(md.contains(&format!("| {} {f:.4} |", names[i])), "the best seed in the search table: {md}");
     if longrope_experiment::plots::FONT_PATHS.iter().any(|p| Path::new(p).exists()) {
         for f in ["ppl-tiny-llama", "passkey-tiny-llama", "search-fitness"] {
             for ext in ["png", "svg"] {

@@ -315,18 +315,26 @@ pub fn markdown(r: &Results, plots: &std::result::Result<Vec<String>, String>) -
     }
     if !r.searches.is_empty() {
         let _ = writeln!(md, "## Search\n");
-        let _ = writeln!(md, "| search | model | strategy | fitness | target | evaluations | duplicates skipped | generations | best fitness | best n_hat | best factors (min .. max) | wall |");
-        let _ = writeln!(md, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|");
+        let _ = writeln!(md, "| search | model | strategy | fitness | target | evaluations | duplicates skipped | generations | best seed | best fitness | best n_hat | best factors (min .. max) | wall |");
+        let _ = writeln!(md, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|");
         for s in &r.searches {
             let lo = s.best.factors.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = s.best.factors.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let best_seed = s
+                .seeds
+                .iter()
+                .filter_map(|seed| seed.fitness.map(|f| (seed.name.as_str(), f)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(name, f)| format!("{name} {f:.4}"))
+                .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.4} | {} | {:.3} .. {:.3} | {:.1} min |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.4} | {} | {:.3} .. {:.3} | {:.1} min |",
                 s.name, s.model, s.strategy, s.evaluator, s.target_length, s.cost.evaluations, s.cost.duplicates_skipped,
-                s.cost.generations, s.best_fitness, s.best.n_hat, lo, hi, s.cost.wall_seconds / 60.0
+                s.cost.generations, best_seed, s.best_fitness, s.best.n_hat, lo, hi, s.cost.wall_seconds / 60.0
             );
         }
+        let _ = writeln!(md, "\n`best seed`: the fittest of the seeds (PI, NTK, YaRN ...) among the search's own evaluations; `-` when the strategy evaluated none of them (random, grid).");
         let _ = writeln!(md);
         if let Ok(files) = plots {
             if files.iter().any(|f| f == "plots/search-fitness.png") {
@@ -383,9 +391,57 @@ pub fn write_all(out: &Path, r: &Results, log: &mut dyn FnMut(String)) -> Result
     Ok(())
 }
 
-/// `longrope compare`: one Markdown table per evaluator over every run, rows `run / model / method`,
-/// columns the union of lengths.
-pub fn compare(paths: &[PathBuf]) -> Result<String> {
+/// `longrope compare`: experiment runs (a `results.json` or its directory) give one Markdown table per
+/// evaluator over every run, rows `run / model / method`, columns the union of lengths; search directories
+/// (holding a `checkpoint.json`) give the search comparison of [`longrope_search::compare_markdown`]. With
+/// `plot_stem`, the searches' best fitness vs evaluations is also drawn to `<plot_stem>-search-curve.png`
+/// and `.svg` and embedded.
+pub fn compare(paths: &[PathBuf], plot_stem: Option<&Path>) -> Result<String> {
+    let (search_dirs, result_paths): (Vec<&PathBuf>, Vec<&PathBuf>) =
+        paths.iter().partition(|p| longrope_search::SearchRun::is_search_dir(p));
+    let mut md = compare_results(&result_paths)?;
+    if !search_dirs.is_empty() {
+        let runs = search_dirs.iter().map(|d| longrope_search::SearchRun::load(d)).collect::<std::result::Result<Vec<_>, _>>()?;
+        md.push_str(&longrope_search::compare_markdown(&runs));
+        if let Some(stem) = plot_stem {
+            let curves: Vec<Vec<(usize, f64)>> = runs.iter().map(|r| r.running_best()).collect();
+            // The first evaluations (a PI seed, early random draws) can sit far above where the searches
+            // differ: cut the axis at the worst run's best after a quarter of its budget.
+            let top = curves
+                .iter()
+                .filter_map(|c| c.get(c.len().div_ceil(4).saturating_sub(1)).map(|p| p.1))
+                .filter(|v| v.is_finite())
+                .fold(f64::NEG_INFINITY, f64::max);
+            let cut = curves.iter().flatten().any(|p| p.1 > top);
+            let series: Vec<plots::Series> = runs
+                .iter()
+                .zip(&curves)
+                .map(|(r, c)| {
+                    let label = format!("{} ({})", r.dir.display(), r.strategy);
+                    (label, c.iter().map(|&(n, f)| (n as f64, if cut { f.min(top) } else { f })).collect())
+                })
+                .collect();
+            let title = if cut {
+                format!("best fitness vs evaluations (values above {top:.3} drawn at the top)")
+            } else {
+                "best fitness vs evaluations".to_string()
+            };
+            let curve_stem = stem.with_file_name(format!(
+                "{}-search-curve",
+                stem.file_stem().and_then(|s| s.to_str()).unwrap_or("compare")
+            ));
+            let written = plots::search_curve(&curve_stem, &title, &series)?;
+            if let Some(png) = written.iter().find(|p| p.extension().is_some_and(|e| e == "png")) {
+                let name = png.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let _ = writeln!(md, "![best fitness vs evaluations]({name})\n");
+            }
+        }
+    }
+    Ok(md)
+}
+
+/// The experiment part of [`compare`].
+fn compare_results(paths: &[&PathBuf]) -> Result<String> {
     let runs: Vec<(String, Results)> = paths
         .iter()
         .map(|p| {

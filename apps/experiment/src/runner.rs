@@ -17,7 +17,7 @@ use longrope_core::search::Candidate;
 use longrope_core::RopeShape;
 use longrope_eval::data::CorpusSet;
 use longrope_search::driver::{DriverOptions, Outcome};
-use longrope_search::outputs::{CostAccount, CurvePoint};
+use longrope_search::outputs::{CostAccount, CurvePoint, SeedResult};
 use longrope_search::{candidate_to_toml, fitness_evaluator_config, Driver, EvaluatorFitness};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -112,6 +112,10 @@ pub struct SearchResult {
     pub curve: Vec<CurvePoint>,
     /// The cost account.
     pub cost: CostAccount,
+    /// The seeds of the initial population and their fitness where the search evaluated them (absent in
+    /// results written before this field existed).
+    #[serde(default)]
+    pub seeds: Vec<SeedResult>,
     /// Identity hash (search config + model).
     pub hash: String,
     /// Its output directory, relative to the run's.
@@ -435,7 +439,8 @@ fn run_search(
         &own
     };
     let shape = l.model.summary().rope_shape(s.file.target_length);
-    let (strategy, _ctx) = s.file.build(&shape, &s.file.registry_seeds())?;
+    let (strategy, ctx) = s.file.build(&shape, &s.file.registry_seeds())?;
+    let seeds = ctx.seed_candidates()?;
     let strategy_name = strategy.name().to_string();
     let evaluator = fitness_evaluator_config(&s.file.fitness)?.build()?;
     let mut fitness = EvaluatorFitness::new(l.model.as_ref(), evaluator, source, shape.clone());
@@ -450,7 +455,7 @@ fn run_search(
         if resume { " (resuming)" } else { "" }
     ));
     let opts = DriverOptions { out_dir: dir.clone(), resume, stop_after_generations: None, progress: true };
-    let outcome = Driver::new(strategy, &mut fitness, shape.clone(), s.file.meta(&shape), opts).run()?;
+    let outcome = Driver::new(strategy, &mut fitness, shape.clone(), s.file.meta(&shape), opts).with_seeds(seeds).run()?;
     let Outcome::Finished(summary) = outcome else {
         return Err(ExperimentError::config(&exp.path, format!("search `{}` stopped before finishing", s.name)));
     };
@@ -466,6 +471,7 @@ fn run_search(
         best_fitness: summary.best.fitness,
         curve: summary.curve,
         cost: summary.cost,
+        seeds: summary.seeds,
         hash,
         dir: rel,
     };

@@ -17,6 +17,7 @@ use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 
 use longrope_core::registry::{self, PluginKind};
+use longrope_core::search::Candidate;
 use longrope_core::{RopeShape, SearchStrategy};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,23 @@ pub struct SearchContext {
     pub seeds: Vec<Seed>,
     /// RNG seed.
     pub seed: u64,
+}
+
+impl SearchContext {
+    /// Each seed as the candidate it becomes in this space (snapped to the grid, made monotone, projected):
+    /// what an evolution evaluates in its initial population. The driver uses them to report the seeds'
+    /// fitness next to the search's best ([`crate::outputs::SeedResult`]).
+    pub fn seed_candidates(&self) -> Result<Vec<(String, Candidate)>> {
+        self.seeds
+            .iter()
+            .map(|s| {
+                let g = self.space.genome_from_factors(&s.factors, Some(s.attn_factor)).map_err(|e| {
+                    SearchError::invalid(format!("seed `{}`", s.name), e.to_string())
+                })?;
+                Ok((s.name.clone(), self.space.candidate(&g)))
+            })
+            .collect()
+    }
 }
 
 /// A strategy's configuration as written in the `[strategy]` table; `typetag` selects it by `strategy`.

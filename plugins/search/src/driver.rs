@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{from_core, Result, SearchError};
 use crate::fitness::Fitness;
-use crate::outputs::{best_record, write_atomic, write_results, CostAccount, CurvePoint, OutputPaths, Record};
+use crate::outputs::{
+    best_record, seed_results, write_atomic, write_results, CostAccount, CurvePoint, OutputPaths, Record, SeedResult,
+};
 
 /// Version of the checkpoint format.
 pub const CHECKPOINT_VERSION: u32 = 1;
@@ -97,6 +99,8 @@ pub struct Summary {
     pub evaluated_now: usize,
     /// Evaluations recovered on resume from `history.jsonl` beyond the checkpoint (not re-run).
     pub recovered: usize,
+    /// The named seeds ([`Driver::with_seeds`]) and their fitness where evaluated.
+    pub seeds: Vec<SeedResult>,
 }
 
 /// The deduplication key of a candidate: factors (to 1e-9), `n_hat`, attention factor.
@@ -128,6 +132,7 @@ pub struct Driver<'a> {
     cost: CostAccount,
     evaluated_now: usize,
     recovered: usize,
+    seeds: Vec<(String, Candidate)>,
 }
 
 impl<'a> Driver<'a> {
@@ -156,7 +161,15 @@ impl<'a> Driver<'a> {
             cost: CostAccount::default(),
             evaluated_now: 0,
             recovered: 0,
+            seeds: Vec::new(),
         }
+    }
+
+    /// Name the seeds of the initial population ([`crate::SearchContext::seed_candidates`]) so that the
+    /// results report their fitness (`seeds.json`, [`Summary::seeds`]) next to the search's best.
+    pub fn with_seeds(mut self, seeds: Vec<(String, Candidate)>) -> Self {
+        self.seeds = seeds;
+        self
     }
 
     /// Run (or resume) the search until the strategy is done or the stop point is reached.
@@ -195,7 +208,7 @@ impl<'a> Driver<'a> {
             self.curve.push(CurvePoint { generation: self.generation - 1, evaluations: self.history.len(), best_fitness: best });
             self.cost.wall_seconds = wall_before + started.elapsed().as_secs_f64();
             self.save()?;
-            write_results(&self.paths, &self.shape, &self.history, &self.curve, &self.cost)?;
+            write_results(&self.paths, &self.shape, &self.history, &self.curve, &self.cost, &self.seeds)?;
             bar.println(format!(
                 "generation {:>3}: {:>5} evaluations, best fitness {best:.6}",
                 self.generation - 1,
@@ -205,12 +218,13 @@ impl<'a> Driver<'a> {
         bar.finish_and_clear();
         self.cost.wall_seconds = wall_before + started.elapsed().as_secs_f64();
         self.save()?;
-        write_results(&self.paths, &self.shape, &self.history, &self.curve, &self.cost)?;
+        write_results(&self.paths, &self.shape, &self.history, &self.curve, &self.cost, &self.seeds)?;
         let best = best_record(&self.history)
             .cloned()
             .ok_or_else(|| SearchError::invalid("search", "the strategy proposed no candidate"))?;
         Ok(Outcome::Finished(Summary {
             best,
+            seeds: seed_results(&self.seeds, &self.history),
             history: self.history,
             curve: self.curve,
             cost: self.cost,

@@ -9,10 +9,12 @@
 //! - [`seeds`]: PI/NTK/YaRN factors from the scaling registry;
 //! - [`fitness`]: the `Fitness` trait, parallel workers, a synthetic fitness;
 //! - [`model_fitness`]: `EvaluatorFitness`, a model + evaluator as the fitness (what real searches use);
-//! - [`driver`]: the loop, checkpoints and resume; [`outputs`]: the files a search writes.
+//! - [`driver`]: the loop, checkpoints and resume; [`outputs`]: the files a search writes;
+//! - [`compare`]: search directories read back and compared (`longrope compare DIR...`).
 //!
 //! See `docs/search.md`.
 
+pub mod compare;
 pub mod config;
 pub mod driver;
 pub mod error;
@@ -25,12 +27,13 @@ pub mod random;
 pub mod seeds;
 pub mod space;
 
+pub use compare::{compare_markdown, SearchRun};
 pub use config::{SearchConfig, SearchContext, SearchFile};
 pub use driver::{Driver, DriverOptions, Outcome, Summary};
 pub use error::{Result, SearchError};
 pub use fitness::{Evaluation, Fitness, ParallelFitness, SyntheticFitness};
 pub use model_fitness::{fitness_evaluator_config, EvaluatorFitness};
-pub use outputs::candidate_to_toml;
+pub use outputs::{candidate_to_toml, SeedResult};
 pub use seeds::{RegistrySeeds, Seed, SeedSource};
 pub use space::{SearchSpace, SpaceConfig, SpaceKind};
 

@@ -61,6 +61,37 @@ pub struct CostAccount {
     pub resumes: usize,
 }
 
+/// A seed of the initial population and its fitness, when some evaluation of this search measured exactly
+/// its candidate (an evolution evaluates its seeds in generation 0; random and grid usually do not).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedResult {
+    /// The seed's method (`pi`, `ntk`, `yarn`, a TOML path ...).
+    pub name: String,
+    /// The seed as a candidate of the search space (snapped to the grid).
+    pub candidate: Candidate,
+    /// Its fitness, if evaluated (`null` otherwise, and for a non-finite fitness).
+    pub fitness: Option<f64>,
+    /// The evaluation that measured it (its `index` in `history.jsonl`).
+    pub index: Option<usize>,
+}
+
+/// The seeds' results: each seed candidate looked up in the history by [`crate::driver::candidate_key`].
+pub fn seed_results(seeds: &[(String, Candidate)], history: &[Record]) -> Vec<SeedResult> {
+    seeds
+        .iter()
+        .map(|(name, c)| {
+            let key = crate::driver::candidate_key(c);
+            let rec = history.iter().find(|r| crate::driver::candidate_key(&r.candidate) == key);
+            SeedResult {
+                name: name.clone(),
+                candidate: c.clone(),
+                fitness: rec.map(|r| r.fitness).filter(|f| f.is_finite()),
+                index: rec.map(|r| r.index),
+            }
+        })
+        .collect()
+}
+
 /// The output files of a search directory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutputPaths {
@@ -104,6 +135,10 @@ impl OutputPaths {
     /// `cost.json`: the [`CostAccount`].
     pub fn cost(&self) -> PathBuf {
         self.dir.join("cost.json")
+    }
+    /// `seeds.json`: the seeds as candidates and their fitness where evaluated ([`SeedResult`]).
+    pub fn seeds(&self) -> PathBuf {
+        self.dir.join("seeds.json")
     }
 }
 
@@ -194,12 +229,14 @@ pub fn best_record(history: &[Record]) -> Option<&Record> {
 }
 
 /// Write the result files (everything except the checkpoint and the history, which the driver keeps).
+/// `seeds.json` is written when `seeds` is not empty.
 pub fn write_results(
     paths: &OutputPaths,
     shape: &RopeShape,
     history: &[Record],
     curve: &[CurvePoint],
     cost: &CostAccount,
+    seeds: &[(String, Candidate)],
 ) -> Result<()> {
     let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON values serialize") + "\n";
     if let Some(best) = best_record(history) {
@@ -215,6 +252,10 @@ pub fn write_results(
     }
     write_atomic(&paths.curve(), csv.as_bytes())?;
     write_atomic(&paths.cost(), json(&serde_json::to_value(cost).expect("cost serializes")).as_bytes())?;
+    if !seeds.is_empty() {
+        let v = serde_json::to_value(seed_results(seeds, history)).expect("seed results serialize");
+        write_atomic(&paths.seeds(), json(&v).as_bytes())?;
+    }
     Ok(())
 }
 

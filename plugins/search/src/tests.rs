@@ -406,3 +406,87 @@ fn grid_points_are_distinct_and_spread() {
     let err = crate::grid::grid_points(&space, 200).unwrap_err().to_string();
     assert!(err.contains("exhausted") && err.contains("fewer than the budget 200"), "{err}");
 }
+
+/// Run `f` into `out` with its seeds named (as the CLI and the experiment runner do).
+fn run_named(f: &SearchFile, out: &Path) -> Summary {
+    let shape = f.shape().unwrap();
+    let (strategy, ctx) = f.build(&shape, &formula_seeds).unwrap();
+    let seeds = ctx.seed_candidates().unwrap();
+    assert_eq!(seeds.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["pi", "ntk", "yarn"]);
+    let mut fit = SyntheticFitness::new(&shape);
+    finished(Driver::new(strategy, &mut fit, shape.clone(), f.meta(&shape), DriverOptions::new(out)).with_seeds(seeds).run().unwrap())
+}
+
+#[test]
+fn seeds_are_reported_and_search_dirs_compare() {
+    use crate::compare::{best_seed, compare_markdown, SearchRun};
+
+    // Evolution evaluates its seeds in generation 0: their fitness is the history's, and the best is no worse.
+    let evo_dir = tmp("compare-evo");
+    let evo = run_named(&file(SMALL_EVOLUTION, "kind = \"dim_mono\""), &evo_dir);
+    assert_eq!(evo.seeds.len(), 3);
+    for s in &evo.seeds {
+        let i = s.index.expect("evolution evaluates its seeds");
+        assert_eq!(evo.history[i].candidate, s.candidate);
+        assert_eq!(s.fitness, Some(evo.history[i].fitness));
+        assert!(evo.best.fitness <= s.fitness.unwrap());
+    }
+    // Random draws sorted uniform points: it names the same seeds but does not evaluate them.
+    let mut f = file(SMALL_EVOLUTION, "kind = \"dim_mono\"");
+    f.switch_strategy("random").unwrap();
+    let rand_dir = tmp("compare-random");
+    let rand = run_named(&f, &rand_dir);
+    assert!(rand.seeds.iter().all(|s| s.fitness.is_none() && s.index.is_none()), "{:?}", rand.seeds);
+    // Another target length: another fitness, flagged by the comparison.
+    let mut f = file(SMALL_EVOLUTION, "kind = \"dim_mono\"");
+    f.target_length = 32768;
+    let other_dir = tmp("compare-other");
+    run_named(&f, &other_dir);
+
+    let runs: Vec<SearchRun> = [&evo_dir, &rand_dir, &other_dir].iter().map(|d| SearchRun::load(d).unwrap()).collect();
+    assert!(SearchRun::is_search_dir(&evo_dir) && !SearchRun::is_search_dir(&evo_dir.join("history.jsonl")));
+    assert_eq!(runs[0].strategy, "evolution");
+    assert_eq!(runs[1].strategy, "random");
+    assert_eq!(runs[0].history, evo.history);
+    assert_eq!(runs[0].cost.evaluations, evo.cost.evaluations);
+    assert_eq!(runs[0].seeds, evo.seeds);
+    assert_eq!(runs[0].fitness_identity(), runs[1].fitness_identity());
+    assert_ne!(runs[0].fitness_identity(), runs[2].fitness_identity());
+    // The running best falls monotonically to the best fitness, one point per evaluation.
+    let curve = runs[1].running_best();
+    assert_eq!(curve.len(), rand.history.len());
+    assert!(curve.windows(2).all(|w| w[1].1 <= w[0].1 && w[1].0 == w[0].0 + 1));
+    assert_eq!(curve.last().unwrap().1, rand.best.fitness);
+    // The best seed is the fittest evaluated seed of the comparable runs.
+    let (name, f_seed) = best_seed(&runs).unwrap();
+    let expect = evo.seeds.iter().map(|s| s.fitness.unwrap()).fold(f64::INFINITY, f64::min);
+    assert_eq!(f_seed, expect);
+    assert_eq!(evo.seeds.iter().find(|s| s.name == name).unwrap().fitness, Some(expect));
+
+    let md = compare_markdown(&runs);
+    let row = |dir: &Path| md.lines().find(|l| l.starts_with(&format!("| `{}`", dir.display()))).unwrap_or_else(|| panic!("{md}")).to_string();
+    let evo_row = row(&evo_dir);
+    assert!(evo_row.contains("| evolution | dim_mono | 7 |"), "{evo_row}");
+    assert!(evo_row.contains(&format!("| {:.4} |", evo.best.fitness)), "{evo_row}");
+    assert!(evo_row.contains(&format!("{:+.4}", evo.best.fitness - expect)), "{evo_row}");
+    let rand_row = row(&rand_dir);
+    assert!(rand_row.contains(&format!("{:+.4}", rand.best.fitness - expect)), "{rand_row}");
+    assert!(rand_row.contains(&format!("| {} of {} |", rand.best.index + 1, rand.history.len())), "{rand_row}");
+    let other_row = row(&other_dir);
+    assert!(other_row.starts_with(&format!("| `{}` *", other_dir.display())), "{other_row}");
+    assert!(md.contains("**Not comparable:**"), "{md}");
+    assert!(md.contains(&format!("vs best seed ({name} {expect:.4})")), "{md}");
+    for d in [evo_dir, rand_dir, other_dir] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn corrupt_search_dirs_are_named() {
+    let dir = tmp("compare-corrupt");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("checkpoint.json"), b"{ not json").unwrap();
+    let err = crate::compare::SearchRun::load(&dir).unwrap_err().to_string();
+    assert!(err.contains("checkpoint.json") && err.contains("corrupt"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -163,7 +163,8 @@ pub fn run(args: Args) -> Result<()> {
         ctx.seeds.len(),
         out.display()
     );
-    drive(&args, strategy, &mut fitness, shape, meta, &out)
+    let seeds = ctx.seed_candidates()?;
+    drive(&args, strategy, &mut fitness, shape, meta, seeds, &out)
 }
 
 /// One fitness worker that owns its model (on its own device) and its documents.
@@ -237,7 +238,8 @@ fn run_model(args: &Args, file: SearchFile, out: PathBuf, strategy_name: String)
         file.target_length,
         out.display()
     );
-    drive(args, strategy, &mut fitness, shape, meta, &out)
+    let seeds = ctx.seed_candidates()?;
+    drive(args, strategy, &mut fitness, shape, meta, seeds, &out)
 }
 
 /// Run the driver with the command's options and report how it ended.
@@ -247,6 +249,7 @@ fn drive(
     fitness: &mut dyn Fitness,
     shape: RopeShape,
     meta: serde_json::Value,
+    seeds: Vec<(String, Candidate)>,
     out: &std::path::Path,
 ) -> Result<()> {
     let opts = DriverOptions {
@@ -256,6 +259,7 @@ fn drive(
         progress: !args.no_progress,
     };
     let outcome = Driver::new(strategy, fitness, shape, meta, opts)
+        .with_seeds(seeds)
         .run()
         .with_context(|| format!("search into {}", out.display()))?;
     report(outcome, out);
@@ -278,7 +282,22 @@ fn report(outcome: Outcome, out: &std::path::Path) {
                 "this run: {} evaluated, {} recovered from history.jsonl",
                 s.evaluated_now, s.recovered
             );
-            println!("results in {}: best_factors.csv, rope_scaling.json, best_scaling.toml, history.jsonl, best_curve.csv, cost.json", out.display());
+            let (measured, unmeasured): (Vec<_>, Vec<_>) = s.seeds.iter().partition(|seed| seed.fitness.is_some());
+            for seed in measured {
+                let f = seed.fitness.unwrap_or(f64::NAN);
+                println!(
+                    "seed {}: fitness {f} (history index {}); best - seed = {:+.6} ({:+.3}%)",
+                    seed.name,
+                    seed.index.unwrap_or_default(),
+                    s.best.fitness - f,
+                    100.0 * (s.best.fitness - f) / f
+                );
+            }
+            if !unmeasured.is_empty() {
+                let names: Vec<&str> = unmeasured.iter().map(|seed| seed.name.as_str()).collect();
+                println!("seeds not evaluated by this search: {}", names.join(", "));
+            }
+            println!("results in {}: best_factors.csv, rope_scaling.json, best_scaling.toml, history.jsonl, best_curve.csv, cost.json, seeds.json", out.display());
         }
     }
 }

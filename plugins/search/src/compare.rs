@@ -154,6 +154,28 @@ pub fn best_seed(runs: &[SearchRun]) -> Option<(String, f64)> {
         .min_by(|a, b| a.1.total_cmp(&b.1))
 }
 
+/// A path as written in a config, lexically simplified for display (`configs/search/../../x` -> `x`).
+fn clean_path(p: &str) -> String {
+    let absolute = p.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if parts.last().is_some_and(|l| *l != "..") => {
+                parts.pop();
+            }
+            ".." if absolute => {}
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    match (absolute, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".into(),
+        (false, false) => joined,
+    }
+}
+
 fn fmt_seconds(s: f64) -> String {
     if s >= 3600.0 {
         format!("{:.2} h", s / 3600.0)
@@ -202,12 +224,12 @@ pub fn compare_markdown(runs: &[SearchRun]) -> String {
                 .map(|c| c
                     .iter()
                     .filter_map(|p| p.as_str())
-                    .map(|p| format!("`{p}`"))
+                    .map(|p| format!("`{}`", clean_path(p)))
                     .collect::<Vec<_>>()
                     .join(", "))
                 .filter(|c| !c.is_empty())
                 .unwrap_or_else(|| "the configured corpus".into()),
-            m["model"]["path"].as_str().unwrap_or("?"),
+            clean_path(m["model"]["path"].as_str().unwrap_or("?")),
         );
     }
     let differing: Vec<&SearchRun> = runs.iter().filter(|r| r.fitness_identity() != id).collect();
@@ -299,4 +321,20 @@ pub fn compare_markdown(runs: &[SearchRun]) -> String {
         let _ = writeln!(md);
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean_path;
+
+    #[test]
+    fn paths_are_simplified_for_display() {
+        assert_eq!(clean_path("configs/search/../../.cache/a.gguf"), ".cache/a.gguf");
+        assert_eq!(clean_path("./x/./y"), "x/y");
+        assert_eq!(clean_path("../x"), "../x");
+        assert_eq!(clean_path("../../x/../y"), "../../y");
+        assert_eq!(clean_path("/abs/dir/../f"), "/abs/f");
+        assert_eq!(clean_path("/../f"), "/f");
+        assert_eq!(clean_path("a/.."), ".");
+    }
 }

@@ -133,6 +133,8 @@ pub struct Driver<'a> {
     evaluated_now: usize,
     recovered: usize,
     seeds: Vec<(String, Candidate)>,
+    wall_before: f64,
+    started: Instant,
 }
 
 impl<'a> Driver<'a> {
@@ -162,7 +164,14 @@ impl<'a> Driver<'a> {
             evaluated_now: 0,
             recovered: 0,
             seeds: Vec::new(),
+            wall_before: 0.0,
+            started: Instant::now(),
         }
+    }
+
+    /// Wall time of the search so far: this run's, plus what earlier runs recorded before a resume.
+    fn wall(&self) -> f64 {
+        self.wall_before + self.started.elapsed().as_secs_f64()
     }
 
     /// Name the seeds of the initial population ([`crate::SearchContext::seed_candidates`]) so that the
@@ -174,8 +183,8 @@ impl<'a> Driver<'a> {
 
     /// Run (or resume) the search until the strategy is done or the stop point is reached.
     pub fn run(mut self) -> Result<Outcome> {
-        let started = Instant::now();
-        let wall_before = if self.opts.resume { self.load()? } else { self.start_fresh()? };
+        self.started = Instant::now();
+        self.wall_before = if self.opts.resume { self.load()? } else { self.start_fresh()? };
         let budget = self.strategy.budget() as u64;
         let bar = if self.opts.progress { ProgressBar::new(budget) } else { ProgressBar::hidden() };
         bar.set_style(
@@ -206,7 +215,7 @@ impl<'a> Driver<'a> {
             self.cost.generations = self.generation;
             let best = best_record(&self.history).map(|r| r.fitness).unwrap_or(f64::INFINITY);
             self.curve.push(CurvePoint { generation: self.generation - 1, evaluations: self.history.len(), best_fitness: best });
-            self.cost.wall_seconds = wall_before + started.elapsed().as_secs_f64();
+            self.cost.wall_seconds = self.wall();
             self.save()?;
             write_results(&self.paths, &self.shape, &self.history, &self.curve, &self.cost, &self.seeds)?;
             bar.println(format!(
@@ -216,7 +225,7 @@ impl<'a> Driver<'a> {
             ));
         }
         bar.finish_and_clear();
-        self.cost.wall_seconds = wall_before + started.elapsed().as_secs_f64();
+        self.cost.wall_seconds = self.wall();
         self.save()?;
         write_results(&self.paths, &self.shape, &self.history, &self.curve, &self.cost, &self.seeds)?;
         let best = best_record(&self.history)
@@ -278,6 +287,7 @@ impl<'a> Driver<'a> {
                     fitness: e.fitness,
                     tokens: e.tokens,
                     seconds: e.seconds,
+                    wall_seconds: Some(self.wall()),
                 };
                 fitness[i] = Some(rec.fitness);
                 lines.push_str(&serde_json::to_string(&rec).expect("records serialize"));
@@ -343,7 +353,7 @@ impl<'a> Driver<'a> {
     }
 
     /// Resume: load the checkpoint, restore the strategy, salvage the journal's tail. Returns the wall time
-    /// spent before.
+    /// spent before: the checkpoint's, or the last journaled evaluation's when the journal goes beyond it.
     fn load(&mut self) -> Result<f64> {
         let cp_path = self.paths.checkpoint();
         let text = std::fs::read(&cp_path).map_err(|e| {
@@ -390,7 +400,9 @@ impl<'a> Driver<'a> {
             text.push('\n');
         }
         write_atomic(&self.paths.history(), text.as_bytes())?;
+        // The killed run also spent time after its checkpoint: at least until its last journaled evaluation.
+        let wall = tail.iter().filter_map(|r| r.wall_seconds).fold(self.cost.wall_seconds, f64::max);
         self.salvaged = tail.into_iter().map(|r| (candidate_key(&r.candidate), r)).collect();
-        Ok(self.cost.wall_seconds)
+        Ok(wall)
     }
 }

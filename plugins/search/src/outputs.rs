@@ -28,6 +28,10 @@ pub struct Record {
     pub tokens: u64,
     /// Wall time of the evaluation in seconds.
     pub seconds: f64,
+    /// Wall time of the whole search when this evaluation was recorded (summed over resumed runs), so a
+    /// resume after a kill can count the time spent after the last checkpoint. Absent in older histories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_seconds: Option<f64>,
 }
 
 /// One point of the best-fitness curve: the best fitness after a generation.
@@ -308,7 +312,7 @@ mod tests {
 
     #[test]
     fn best_record_takes_the_first_of_equals_and_ranks_infinity_last() {
-        let rec = |i: usize, f: f64| Record { index: i, generation: 0, candidate: cand(), fitness: f, tokens: 0, seconds: 0.0 };
+        let rec = |i: usize, f: f64| Record { index: i, generation: 0, candidate: cand(), fitness: f, tokens: 0, seconds: 0.0, wall_seconds: None };
         let h = vec![rec(0, f64::INFINITY), rec(1, 3.0), rec(2, 2.0), rec(3, 2.0)];
         assert_eq!(best_record(&h).unwrap().index, 2);
         assert!(best_record(&[]).is_none());

@@ -240,6 +240,23 @@ fn resume_after_a_simulated_kill_mid_generation_reruns_nothing_recorded() {
                 serde_json::from_slice(&std::fs::read(out.join("checkpoint.json")).unwrap()).unwrap();
             let checkpointed = cp.history.len();
             assert!(checkpointed <= kill_at);
+            // Every journaled evaluation carries the search's wall time; stretch the tail's so that the time
+            // the killed run spent after its checkpoint is visible in the resumed run's account.
+            let text = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
+            let mut lines: Vec<String> = Vec::new();
+            for (i, line) in text.lines().enumerate() {
+                match serde_json::from_str::<Record>(line) {
+                    Ok(mut rec) => {
+                        assert!(rec.wall_seconds.is_some_and(|w| w >= 0.0), "{line}");
+                        if i >= checkpointed {
+                            rec.wall_seconds = Some(1.0e6 + i as f64);
+                        }
+                        lines.push(serde_json::to_string(&rec).unwrap());
+                    }
+                    Err(_) => lines.push(line.to_string()),
+                }
+            }
+            std::fs::write(out.join("history.jsonl"), lines.join("\n")).unwrap();
             let (mut fit, second_log) = counting(None);
             let resumed = finished(run(&f, &mut fit, DriverOptions { resume: true, ..DriverOptions::new(&out) }).unwrap());
             assert_eq!(trace(&resumed.history), trace(&full.history), "{name}, killed at {kill_at}");
@@ -248,6 +265,11 @@ fn resume_after_a_simulated_kill_mid_generation_reruns_nothing_recorded() {
             assert_eq!(resumed.evaluated_now, second.len());
             // What the kill left beyond the checkpoint was recovered from history.jsonl, not re-run.
             assert_eq!(resumed.recovered, done.len() - checkpointed, "{name}, killed at {kill_at}");
+            if kill_at > checkpointed {
+                assert!(resumed.cost.wall_seconds >= 1.0e6 + (kill_at - 1) as f64, "{}", resumed.cost.wall_seconds);
+            } else {
+                assert!(resumed.cost.wall_seconds < 1.0e6, "{}", resumed.cost.wall_seconds);
+            }
             assert_eq!(done.len() + second.len(), 26, "{name}");
             let lines = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
             assert_eq!(lines.lines().count(), 26);

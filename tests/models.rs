@@ -95,7 +95,9 @@ fn kv_cache_continuation_equals_full_forward() {
         let full = model.forward(&ids, &tables, None).unwrap();
         let mut cache = KvCache::default();
         let mut parts = Vec::new();
-        for (start, len) in [(0, 20), (20, 1), (21, 27)] {
+        // Prefill, decoding steps of one token (GQA: 4 query heads over 2 KV heads, grouped without copying the
+        // cache), then a multi-token continuation.
+        for (start, len) in [(0, 20), (20, 1), (21, 1), (22, 26)] {
             parts.push(model.forward(&ids.narrow(1, start, len), &tables, Some(&mut cache)).unwrap());
         }
         assert_eq!(cache.len, 48);
@@ -290,6 +292,31 @@ fn generate_cli_json_has_ids_and_text() {
     let s = model.summary().clone();
     let schedule = RopeSchedule { shape: s.rope_shape(s.max_position_embeddings), method: Arc::new(SwitchAt { switch: usize::MAX }) };
     assert_eq!(ids, greedy_generate(model.as_ref(), &prompt, 5, &schedule, false).unwrap());
+}
+
+#[test]
+fn bench_commands_report_speed_on_the_tiny_model() {
+    let dir = common::tiny_llama();
+    let model = dir.to_str().unwrap();
+    let out = common::longrope(&["bench", "decode", "--model", model, "--lengths", "8,16", "--steps", "3", "--dtypes", "f32,bf16", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let cells: Vec<(&str, u64)> = runs.iter().map(|r| (r["dtype"].as_str().unwrap(), r["prompt_tokens"].as_u64().unwrap())).collect();
+    assert_eq!(cells, [("f32", 8), ("f32", 16), ("bf16", 8), ("bf16", 16)]);
+    for r in &runs {
+        assert_eq!(r["decode_steps"], 3);
+        let ms = r["decode_ms_per_token"].as_f64().unwrap();
+        assert!(ms > 0.0 && (r["decode_tokens_per_s"].as_f64().unwrap() - 1e3 / ms).abs() < 1e-6 * (1e3 / ms), "{r}");
+        assert!(r["prefill_seconds"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let out = common::longrope(&["bench", "forward", "--model", model, "--lengths", "16", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0]["tokens_per_s"].as_f64().unwrap() > 0.0 && runs[0]["mean_nll"].as_f64().unwrap() > 0.0);
+    let bad = common::longrope(&["bench", "decode", "--model", model, "--steps", "0"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--steps must be positive"));
 }
 
 /// A minimal GGUF v3 file: metadata and one F32/other-typed tensor of 32 values.

@@ -489,9 +489,18 @@ impl Llama {
     /// Causal (optionally sliding-window) attention of queries at positions `past ..` over all keys.
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: i64) -> Tensor {
         let rep = (self.config.num_heads / self.config.num_kv_heads) as i64;
-        let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
         let s = q.size()[2];
         let window = self.config.sliding_window.map(|w| w as i64);
+        if window.is_none() && s == 1 && rep > 1 {
+            // A decoding step: one query per head, every cached key visible. The `rep` query heads that share
+            // a KV head (head h reads KV head h / rep, as in HF's `repeat_kv`) become `rep` queries of that KV
+            // head, so the cache is read once instead of being copied `rep` times at every step.
+            let qs = q.size();
+            let grouped = q.reshape([qs[0], qs[1] / rep, rep, qs[3]]);
+            let out = Tensor::scaled_dot_product_attention(&grouped, k, v, None::<Tensor>, 0.0, false, None, false);
+            return out.reshape([qs[0], qs[1], 1, qs[3]]);
+        }
+        let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
         if window.is_none() && past == 0 {
             return Tensor::scaled_dot_product_attention(q, &k, &v, None::<Tensor>, 0.0, true, None, false);
         }

@@ -1,5 +1,7 @@
 //! `longrope bench forward --model PATH --lengths 1024,4096 --dtypes f32,bf16`: tokens/s of the scoring
 //! forward (trunk + chunked LM head + log-softmax, i.e. `LanguageModel::nll`) and peak RSS per run.
+//! `longrope bench decode --model PATH --lengths 1024,4096 --steps 16`: what generation and passkey spend,
+//! the prefill of a prompt into the KV cache (tokens/s) and then one-token decoding steps (ms per token).
 //!
 //! Peak RSS is `VmHWM` of `/proc/self/status`, reset before each run by writing `5` to
 //! `/proc/self/clear_refs` (Linux), so each number is that run's peak (weights included).
@@ -10,6 +12,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use longrope_core::device::dtype_name;
+use longrope_core::model::KvCache;
+use tch::Tensor;
 
 use super::model::{load_model, original_tables};
 
@@ -24,6 +28,31 @@ pub struct Args {
 enum BenchCommand {
     /// Time the scoring forward at several lengths and dtypes; report tokens/s and peak RSS.
     Forward(ForwardArgs),
+    /// Time the prefill of a prompt into the KV cache and then one-token decoding steps (generation, passkey).
+    Decode(DecodeArgs),
+}
+
+/// Arguments of `longrope bench decode`.
+#[derive(Debug, clap::Args)]
+pub struct DecodeArgs {
+    /// A `.gguf` file or an HF model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt lengths (tokens in the cache before decoding), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1024,4096")]
+    lengths: Vec<usize>,
+    /// Decoding steps timed after each prefill.
+    #[arg(long, default_value_t = 16)]
+    steps: usize,
+    /// Compute dtypes, comma-separated (f32, bf16, f16).
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    dtypes: Vec<String>,
+    /// Device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Print one JSON array of runs.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `longrope bench forward`.
@@ -50,7 +79,70 @@ pub struct ForwardArgs {
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         BenchCommand::Forward(a) => forward(a),
+        BenchCommand::Decode(a) => decode(a),
     }
+}
+
+/// `n` deterministic pseudo-random token ids below `vocab` (throughput does not depend on the text).
+fn pseudo_random_tokens(n: usize, vocab: u64) -> Vec<i64> {
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 33) % vocab) as i64
+        })
+        .collect()
+}
+
+fn decode(args: DecodeArgs) -> Result<()> {
+    if args.lengths.is_empty() || args.lengths.contains(&0) || args.steps == 0 {
+        bail!("--lengths must list positive lengths and --steps must be positive");
+    }
+    let mut runs = Vec::new();
+    for dtype in &args.dtypes {
+        let model = load_model(&args.model, &args.device, dtype, None)?;
+        let tables = original_tables(model.as_ref());
+        let max = *args.lengths.iter().max().expect("non-empty");
+        let tokens = pseudo_random_tokens(max, model.summary().vocab_size as u64);
+        for &len in &args.lengths {
+            let mut cache = KvCache::default();
+            let t0 = Instant::now();
+            let logits = model.forward_last(&Tensor::from_slice(&tokens[..len]).unsqueeze(0), &tables, Some(&mut cache))?;
+            let mut next = logits.argmax(-1, false).int64_value(&[0]);
+            let prefill = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            for _ in 0..args.steps {
+                let logits = model.forward_last(&Tensor::from_slice(&[next]).unsqueeze(0), &tables, Some(&mut cache))?;
+                next = logits.argmax(-1, false).int64_value(&[0]);
+            }
+            let per_token = t1.elapsed().as_secs_f64() / args.steps as f64;
+            let run = serde_json::json!({
+                "dtype": dtype_name(model.dtype()),
+                "prompt_tokens": len,
+                "prefill_seconds": prefill,
+                "prefill_tokens_per_s": len as f64 / prefill,
+                "decode_steps": args.steps,
+                "decode_ms_per_token": 1e3 * per_token,
+                "decode_tokens_per_s": 1.0 / per_token,
+            });
+            if !args.json {
+                println!(
+                    "{:>5} {:>7} prompt tokens  prefill {:>7.2} s ({:>7.1} tok/s)  decode {:>7.1} ms/token ({:>6.1} tok/s)",
+                    run["dtype"].as_str().unwrap_or(""),
+                    len,
+                    prefill,
+                    len as f64 / prefill,
+                    1e3 * per_token,
+                    1.0 / per_token
+                );
+            }
+            runs.push(run);
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+    }
+    Ok(())
 }
 
 /// Peak resident set size of this process in MiB (`VmHWM`), if readable.
@@ -72,17 +164,9 @@ fn forward(args: ForwardArgs) -> Result<()> {
     let mut runs = Vec::new();
     for dtype in &args.dtypes {
         let model = load_model(&args.model, &args.device, dtype, None)?;
-        let vocab = model.summary().vocab_size as u64;
         let tables = original_tables(model.as_ref());
         let max = *args.lengths.iter().max().expect("non-empty");
-        // Deterministic pseudo-random ids (throughput does not depend on the text).
-        let mut x: u64 = 0x9e3779b97f4a7c15;
-        let tokens: Vec<i64> = (0..max)
-            .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((x >> 33) % vocab) as i64
-            })
-            .collect();
+        let tokens = pseudo_random_tokens(max, model.summary().vocab_size as u64);
         for &len in &args.lengths {
             reset_peak_rss();
             let t0 = Instant::now();

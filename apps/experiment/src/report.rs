@@ -320,11 +320,7 @@ pub fn markdown(r: &Results, plots: &std::result::Result<Vec<String>, String>) -
         for s in &r.searches {
             let lo = s.best.factors.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = s.best.factors.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let best_seed = s
-                .seeds
-                .iter()
-                .filter_map(|seed| seed.fitness.map(|f| (seed.name.as_str(), f)))
-                .min_by(|a, b| a.1.total_cmp(&b.1))
+            let best_seed = longrope_search::outputs::fittest_seed(&s.seeds)
                 .map(|(name, f)| format!("{name} {f:.4}"))
                 .unwrap_or_else(|| "-".into());
             let _ = writeln!(

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Result, SearchError};
-use crate::outputs::{CostAccount, OutputPaths, Record, SeedResult};
+use crate::outputs::{fittest_seed, CostAccount, OutputPaths, Record, SeedResult};
 
 /// A search directory as read back.
 #[derive(Debug, Clone)]
@@ -147,11 +147,8 @@ impl SearchRun {
 /// candidate. Only runs sharing the first run's fitness identity contribute.
 pub fn best_seed(runs: &[SearchRun]) -> Option<(String, f64)> {
     let id = runs.first()?.fitness_identity();
-    runs.iter()
-        .filter(|r| r.fitness_identity() == id)
-        .flat_map(|r| r.seeds.iter())
-        .filter_map(|s| s.fitness.map(|f| (s.name.clone(), f)))
-        .min_by(|a, b| a.1.total_cmp(&b.1))
+    fittest_seed(runs.iter().filter(|r| r.fitness_identity() == id).flat_map(|r| r.seeds.iter()))
+        .map(|(name, f)| (name.to_string(), f))
 }
 
 /// A path as written in a config, lexically simplified for display (`configs/search/../../x` -> `x`).
@@ -232,7 +229,8 @@ pub fn compare_markdown(runs: &[SearchRun]) -> String {
             clean_path(m["model"]["path"].as_str().unwrap_or("?")),
         );
     }
-    let differing: Vec<&SearchRun> = runs.iter().filter(|r| r.fitness_identity() != id).collect();
+    let comparable: Vec<bool> = runs.iter().map(|r| r.fitness_identity() == id).collect();
+    let differing: Vec<&SearchRun> = runs.iter().zip(&comparable).filter(|(_, &c)| !c).map(|(r, _)| r).collect();
     if !differing.is_empty() {
         let _ = writeln!(
             md,
@@ -252,8 +250,8 @@ pub fn compare_markdown(runs: &[SearchRun]) -> String {
         "| run | strategy | space | seed | dtype | evaluations | best fitness | {seed_col} | best after | tokens | wall |"
     );
     let _ = writeln!(md, "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|");
-    for r in runs {
-        let mark = if r.fitness_identity() != id { " *" } else { "" };
+    for (i, r) in runs.iter().enumerate() {
+        let mark = if comparable[i] { "" } else { " *" };
         let best = r.best();
         let (best_s, delta, at) = match best {
             Some(b) => (

@@ -96,6 +96,11 @@ pub fn seed_results(seeds: &[(String, Candidate)], history: &[Record]) -> Vec<Se
         .collect()
 }
 
+/// The fittest of `seeds` that were evaluated: `(name, fitness)`.
+pub fn fittest_seed<'a>(seeds: impl IntoIterator<Item = &'a SeedResult>) -> Option<(&'a str, f64)> {
+    seeds.into_iter().filter_map(|s| s.fitness.map(|f| (s.name.as_str(), f))).min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
 /// The output files of a search directory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutputPaths {

@@ -7,12 +7,13 @@
 //! `/proc/self/clear_refs` (Linux), so each number is that run's peak (weights included).
 //! `scripts/bench_hf.py` measures HF transformers the same way.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use longrope_core::device::dtype_name;
-use longrope_core::model::KvCache;
+use longrope_core::model::{KvCache, LanguageModel};
+use longrope_core::scaling::LayerTables;
 use tch::Tensor;
 
 use super::model::{load_model, original_tables};
@@ -94,55 +95,72 @@ fn pseudo_random_tokens(n: usize, vocab: u64) -> Vec<i64> {
         .collect()
 }
 
-fn decode(args: DecodeArgs) -> Result<()> {
-    if args.lengths.is_empty() || args.lengths.contains(&0) || args.steps == 0 {
-        bail!("--lengths must list positive lengths and --steps must be positive");
-    }
+/// The loop both bench commands share: load the model once per dtype, make `max(lengths)` pseudo-random
+/// ids, and call `one(model, tables, ids[..len])` for each length, which returns the run's JSON and its
+/// text line. Prints the lines, or with `json` one JSON array of the runs.
+fn per_dtype_and_length(
+    model_path: &Path,
+    device: &str,
+    dtypes: &[String],
+    lengths: &[usize],
+    json: bool,
+    mut one: impl FnMut(&dyn LanguageModel, &LayerTables, &[i64]) -> Result<(serde_json::Value, String)>,
+) -> Result<()> {
     let mut runs = Vec::new();
-    for dtype in &args.dtypes {
-        let model = load_model(&args.model, &args.device, dtype, None)?;
+    for dtype in dtypes {
+        let model = load_model(model_path, device, dtype, None)?;
         let tables = original_tables(model.as_ref());
-        let max = *args.lengths.iter().max().expect("non-empty");
+        let max = *lengths.iter().max().expect("lengths are checked to be non-empty");
         let tokens = pseudo_random_tokens(max, model.summary().vocab_size as u64);
-        for &len in &args.lengths {
-            let mut cache = KvCache::default();
-            let t0 = Instant::now();
-            let logits = model.forward_last(&Tensor::from_slice(&tokens[..len]).unsqueeze(0), &tables, Some(&mut cache))?;
-            let mut next = logits.argmax(-1, false).int64_value(&[0]);
-            let prefill = t0.elapsed().as_secs_f64();
-            let t1 = Instant::now();
-            for _ in 0..args.steps {
-                let logits = model.forward_last(&Tensor::from_slice(&[next]).unsqueeze(0), &tables, Some(&mut cache))?;
-                next = logits.argmax(-1, false).int64_value(&[0]);
-            }
-            let per_token = t1.elapsed().as_secs_f64() / args.steps as f64;
-            let run = serde_json::json!({
-                "dtype": dtype_name(model.dtype()),
-                "prompt_tokens": len,
-                "prefill_seconds": prefill,
-                "prefill_tokens_per_s": len as f64 / prefill,
-                "decode_steps": args.steps,
-                "decode_ms_per_token": 1e3 * per_token,
-                "decode_tokens_per_s": 1.0 / per_token,
-            });
-            if !args.json {
-                println!(
-                    "{:>5} {:>7} prompt tokens  prefill {:>7.2} s ({:>7.1} tok/s)  decode {:>7.1} ms/token ({:>6.1} tok/s)",
-                    run["dtype"].as_str().unwrap_or(""),
-                    len,
-                    prefill,
-                    len as f64 / prefill,
-                    1e3 * per_token,
-                    1.0 / per_token
-                );
+        for &len in lengths {
+            let (run, line) = one(model.as_ref(), &tables, &tokens[..len])?;
+            if !json {
+                println!("{line}");
             }
             runs.push(run);
         }
     }
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&runs)?);
     }
     Ok(())
+}
+
+fn decode(args: DecodeArgs) -> Result<()> {
+    if args.lengths.is_empty() || args.lengths.contains(&0) || args.steps == 0 {
+        bail!("--lengths must list positive lengths and --steps must be positive");
+    }
+    per_dtype_and_length(&args.model, &args.device, &args.dtypes, &args.lengths, args.json, |model, tables, prompt| {
+        let mut cache = KvCache::default();
+        let t0 = Instant::now();
+        let logits = model.forward_last(&Tensor::from_slice(prompt).unsqueeze(0), tables, Some(&mut cache))?;
+        let mut next = logits.argmax(-1, false).int64_value(&[0]);
+        let prefill = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for _ in 0..args.steps {
+            let logits = model.forward_last(&Tensor::from_slice(&[next]).unsqueeze(0), tables, Some(&mut cache))?;
+            next = logits.argmax(-1, false).int64_value(&[0]);
+        }
+        let per_token = t1.elapsed().as_secs_f64() / args.steps as f64;
+        let len = prompt.len();
+        let dtype = dtype_name(model.dtype());
+        let run = serde_json::json!({
+            "dtype": dtype,
+            "prompt_tokens": len,
+            "prefill_seconds": prefill,
+            "prefill_tokens_per_s": len as f64 / prefill,
+            "decode_steps": args.steps,
+            "decode_ms_per_token": 1e3 * per_token,
+            "decode_tokens_per_s": 1.0 / per_token,
+        });
+        let line = format!(
+            "{dtype:>5} {len:>7} prompt tokens  prefill {prefill:>7.2} s ({:>7.1} tok/s)  decode {:>7.1} ms/token ({:>6.1} tok/s)",
+            len as f64 / prefill,
+            1e3 * per_token,
+            1.0 / per_token
+        );
+        Ok((run, line))
+    })
 }
 
 /// Peak resident set size of this process in MiB (`VmHWM`), if readable.
@@ -161,40 +179,25 @@ fn forward(args: ForwardArgs) -> Result<()> {
     if args.lengths.is_empty() || args.lengths.contains(&0) {
         bail!("--lengths must list positive lengths");
     }
-    let mut runs = Vec::new();
-    for dtype in &args.dtypes {
-        let model = load_model(&args.model, &args.device, dtype, None)?;
-        let tables = original_tables(model.as_ref());
-        let max = *args.lengths.iter().max().expect("non-empty");
-        let tokens = pseudo_random_tokens(max, model.summary().vocab_size as u64);
-        for &len in &args.lengths {
-            reset_peak_rss();
-            let t0 = Instant::now();
-            let nll = model.nll(&tokens[..len], &tables, 0)?;
-            let secs = t0.elapsed().as_secs_f64();
-            let run = serde_json::json!({
-                "dtype": dtype_name(model.dtype()),
-                "tokens": len,
-                "seconds": secs,
-                "tokens_per_s": len as f64 / secs,
-                "peak_rss_mib": peak_rss_mib(),
-                "mean_nll": nll.mean(),
-            });
-            if !args.json {
-                println!(
-                    "{:>5} {:>7} tokens  {:>8.2} s  {:>8.1} tok/s  peak RSS {:>8.0} MiB",
-                    run["dtype"].as_str().unwrap_or(""),
-                    len,
-                    secs,
-                    len as f64 / secs,
-                    peak_rss_mib().unwrap_or(f64::NAN)
-                );
-            }
-            runs.push(run);
-        }
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&runs)?);
-    }
-    Ok(())
+    per_dtype_and_length(&args.model, &args.device, &args.dtypes, &args.lengths, args.json, |model, tables, tokens| {
+        reset_peak_rss();
+        let t0 = Instant::now();
+        let nll = model.nll(tokens, tables, 0)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let (len, dtype, peak) = (tokens.len(), dtype_name(model.dtype()), peak_rss_mib());
+        let run = serde_json::json!({
+            "dtype": dtype,
+            "tokens": len,
+            "seconds": secs,
+            "tokens_per_s": len as f64 / secs,
+            "peak_rss_mib": peak,
+            "mean_nll": nll.mean(),
+        });
+        let line = format!(
+            "{dtype:>5} {len:>7} tokens  {secs:>8.2} s  {:>8.1} tok/s  peak RSS {:>8.0} MiB",
+            len as f64 / secs,
+            peak.unwrap_or(f64::NAN)
+        );
+        Ok((run, line))
+    })
 }

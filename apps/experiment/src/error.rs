@@ -24,7 +24,7 @@ pub enum ExperimentError {
     Search(#[from] longrope_search::SearchError),
     /// An error of the evaluation crate (corpus reading, tokenization).
     #[error(transparent)]
-    Eval(#[from] longrope_eval::EvalError),
+    Data(#[from] longrope_data::DataError),
     /// An output directory holding another experiment's results.
     #[error("{path}: {message}")]
     OutDir {

@@ -15,7 +15,7 @@ use longrope_core::model::{LanguageModel, LoadOptions, ModelSummary};
 use longrope_core::scaling::RopeSchedule;
 use longrope_core::search::Candidate;
 use longrope_core::RopeShape;
-use longrope_eval::data::CorpusSet;
+use longrope_data::corpus::CorpusSet;
 use longrope_search::driver::{DriverOptions, Outcome};
 use longrope_search::outputs::{CostAccount, CurvePoint, SeedResult};
 use longrope_search::{candidate_to_toml, fitness_evaluator_config, Driver, EvaluatorFitness};
@@ -335,7 +335,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
             let schedule = RopeSchedule::new(config.as_ref(), s.rope_shape(target))?;
             let text = toml::to_string(&p.eval.table_for(p.seed)).expect("tables serialize");
             let evaluator = parse_evaluator_toml(&text, &p.eval.name)?.build()?;
-            let empty = longrope_eval::data::TokenDocs::default();
+            let empty = longrope_data::corpus::TokenDocs::default();
             let source: &dyn TokenSource = match &l.data {
                 Some(d) => d,
                 None => &empty,

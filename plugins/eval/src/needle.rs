@@ -16,7 +16,7 @@ use longrope_core::{register_plugin, Error, Result};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::data::select_docs;
+use longrope_data::corpus::select_docs;
 use crate::passkey::{information_line, QUESTION};
 use crate::progress::Progress;
 

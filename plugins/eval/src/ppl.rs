@@ -21,7 +21,7 @@ use longrope_core::scaling::RopeSchedule;
 use longrope_core::{register_plugin, Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::data::select_docs;
+use longrope_data::corpus::select_docs;
 use crate::progress::Progress;
 
 register_plugin!(Evaluator, "ppl", "perplexity over sliding windows, LongRoPE's definition (stride, max windows, truncate)");
@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn perplexity_is_exp_of_mean_window_nll_over_new_tokens() {
-        use crate::data::TokenDocs;
+        use longrope_data::corpus::TokenDocs;
         let model = crate::testing::MockModel::new(Some(1));
         // One document of 12 tokens with ids 10..22; a short one that is skipped.
         let docs = TokenDocs { docs: vec![("short".into(), vec![5; 3]), ("doc".into(), (10..22).collect())] };
@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn truncate_scores_one_window_without_bos() {
-        use crate::data::TokenDocs;
+        use longrope_data::corpus::TokenDocs;
         let model = crate::testing::MockModel::new(Some(1));
         let docs = TokenDocs { docs: vec![("a".into(), (10..30).collect()), ("b".into(), (40..60).collect())] };
         let config = PplConfig { truncate: true, add_bos: Some(false), samples: 2, ..PplConfig::default() };
@@ -294,7 +294,7 @@ mod tests {
 
     #[test]
     fn too_long_length_is_a_clear_error() {
-        use crate::data::TokenDocs;
+        use longrope_data::corpus::TokenDocs;
         let model = crate::testing::MockModel::new(None);
         let docs = TokenDocs { docs: vec![("a".into(), vec![3; 10])] };
         let err = PplConfig::default().build().unwrap().evaluate(&model, &identity_schedule(&model, 64), 64, &docs);

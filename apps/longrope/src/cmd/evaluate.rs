@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use longrope_core::eval::{parse_evaluator_toml, EvaluatorConfig, Score};
-use longrope_eval::data::{Corpus, TokenDocs};
+use longrope_data::corpus::{Corpus, TokenDocs};
 use longrope_eval::passkey::PasskeyConfig;
 use longrope_eval::ppl::PplConfig;
 use longrope_eval::needle::NeedleConfig;

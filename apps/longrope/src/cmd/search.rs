@@ -12,7 +12,7 @@ use longrope_core::eval::EvaluatorConfig;
 use longrope_core::model::LanguageModel;
 use longrope_core::search::Candidate;
 use longrope_core::RopeShape;
-use longrope_eval::data::CorpusSet;
+use longrope_data::corpus::CorpusSet;
 use longrope_search::model_fitness::{fitness_evaluator_config, EvaluatorFitness};
 use longrope_search::{Evaluation, Fitness, ParallelFitness, SearchFile, SpaceKind, SyntheticFitness};
 

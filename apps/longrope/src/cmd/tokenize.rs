@@ -1,11 +1,11 @@
 //! `longrope tokenize`: text files, directories of them or JSONL -> a memory-mapped token store tied to the
-//! model's tokenizer (see `longrope_eval::store`).
+//! model's tokenizer (see `longrope_data::store`).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use longrope_eval::data::{read_text_docs, tokenize_docs};
-use longrope_eval::store::{TokenStore, TokenizerId};
+use longrope_data::corpus::{read_text_docs, tokenize_docs};
+use longrope_data::store::{TokenStore, TokenizerId};
 
 /// Arguments of `longrope tokenize`.
 #[derive(Debug, clap::Args)]

@@ -14,7 +14,7 @@ use longrope_core::eval::TokenSource;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{EvalError, Result};
+use crate::error::{DataError, Result};
 
 const FORMAT: &str = "longrope-token-store";
 const VERSION: u32 = 1;
@@ -31,7 +31,7 @@ pub struct TokenizerId {
 impl TokenizerId {
     /// Identify a tokenizer.
     pub fn of(tokenizer: &tokenizers::Tokenizer) -> Result<Self> {
-        let json = tokenizer.to_string(false).map_err(|e| EvalError::Tokenizer(e.to_string()))?;
+        let json = tokenizer.to_string(false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
         Ok(TokenizerId { sha256: hex(&Sha256::digest(json.as_bytes())), vocab_size: tokenizer.get_vocab_size(true) })
     }
 }
@@ -92,25 +92,25 @@ impl TokenStore {
     /// Write a store of `docs` (name, ids) made with `tokenizer` into directory `path` (created if needed).
     /// Files are written to temporary names and renamed, so a crash leaves no half store.
     pub fn write(path: &Path, tokenizer: &TokenizerId, docs: &[(String, Vec<u32>)]) -> Result<StoreIndex> {
-        std::fs::create_dir_all(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
+        std::fs::create_dir_all(path).map_err(|source| DataError::Io { path: path.into(), source })?;
         let bin = path.join("tokens.bin");
         let tmp = path.join("tokens.bin.tmp");
         let mut hasher = Sha256::new();
         let mut entries = Vec::with_capacity(docs.len());
         let mut offset = 0usize;
         {
-            let f = std::fs::File::create(&tmp).map_err(|source| EvalError::Io { path: tmp.clone(), source })?;
+            let f = std::fs::File::create(&tmp).map_err(|source| DataError::Io { path: tmp.clone(), source })?;
             let mut w = std::io::BufWriter::new(f);
             for (name, ids) in docs {
                 let bytes: Vec<u8> = ids.iter().flat_map(|t| t.to_le_bytes()).collect();
                 hasher.update(&bytes);
-                w.write_all(&bytes).map_err(|source| EvalError::Io { path: tmp.clone(), source })?;
+                w.write_all(&bytes).map_err(|source| DataError::Io { path: tmp.clone(), source })?;
                 entries.push(StoreDoc { name: name.clone(), offset, len: ids.len() });
                 offset += ids.len();
             }
-            w.flush().map_err(|source| EvalError::Io { path: tmp.clone(), source })?;
+            w.flush().map_err(|source| DataError::Io { path: tmp.clone(), source })?;
         }
-        std::fs::rename(&tmp, &bin).map_err(|source| EvalError::Io { path: bin.clone(), source })?;
+        std::fs::rename(&tmp, &bin).map_err(|source| DataError::Io { path: bin.clone(), source })?;
         let index = StoreIndex {
             format: FORMAT.into(),
             version: VERSION,
@@ -121,17 +121,17 @@ impl TokenStore {
         };
         let idx = path.join("index.json");
         let tmp = path.join("index.json.tmp");
-        let text = serde_json::to_string_pretty(&index).map_err(|e| EvalError::Data { path: idx.clone(), message: e.to_string() })?;
-        std::fs::write(&tmp, text).map_err(|source| EvalError::Io { path: tmp.clone(), source })?;
-        std::fs::rename(&tmp, &idx).map_err(|source| EvalError::Io { path: idx, source })?;
+        let text = serde_json::to_string_pretty(&index).map_err(|e| DataError::Data { path: idx.clone(), message: e.to_string() })?;
+        std::fs::write(&tmp, text).map_err(|source| DataError::Io { path: tmp.clone(), source })?;
+        std::fs::rename(&tmp, &idx).map_err(|source| DataError::Io { path: idx, source })?;
         Ok(index)
     }
 
     /// Open and verify a store: index format, sizes, contiguous offsets, checksum of `tokens.bin`.
     pub fn open(path: &Path) -> Result<TokenStore> {
-        let corrupt = |message: String| EvalError::CorruptStore { path: path.into(), message };
+        let corrupt = |message: String| DataError::CorruptStore { path: path.into(), message };
         let idx_path = path.join("index.json");
-        let text = std::fs::read_to_string(&idx_path).map_err(|source| EvalError::Io { path: idx_path.clone(), source })?;
+        let text = std::fs::read_to_string(&idx_path).map_err(|source| DataError::Io { path: idx_path.clone(), source })?;
         let index: StoreIndex =
             serde_json::from_str(&text).map_err(|e| corrupt(format!("index.json does not parse: {e}")))?;
         if index.format != FORMAT || index.version != VERSION {
@@ -148,8 +148,8 @@ impl TokenStore {
             return Err(corrupt(format!("documents hold {expect} tokens, index says {}", index.total_tokens)));
         }
         let bin = path.join("tokens.bin");
-        let file = std::fs::File::open(&bin).map_err(|source| EvalError::Io { path: bin.clone(), source })?;
-        let len = file.metadata().map_err(|source| EvalError::Io { path: bin.clone(), source })?.len() as usize;
+        let file = std::fs::File::open(&bin).map_err(|source| DataError::Io { path: bin.clone(), source })?;
+        let len = file.metadata().map_err(|source| DataError::Io { path: bin.clone(), source })?.len() as usize;
         if len != index.total_tokens * 4 {
             return Err(corrupt(format!(
                 "tokens.bin has {len} bytes, the index needs {} ({} tokens)",
@@ -161,7 +161,7 @@ impl TokenStore {
             None
         } else {
             // SAFETY: the file is opened read-only; a store is not modified while in use.
-            Some(unsafe { memmap2::Mmap::map(&file) }.map_err(|source| EvalError::Io { path: bin.clone(), source })?)
+            Some(unsafe { memmap2::Mmap::map(&file) }.map_err(|source| DataError::Io { path: bin.clone(), source })?)
         };
         let digest = hex(&Sha256::digest(tokens.as_deref().unwrap_or(&[])));
         if digest != index.tokens_sha256 {
@@ -194,7 +194,7 @@ impl TokenStore {
     pub fn check_tokenizer(&self, tokenizer: &tokenizers::Tokenizer) -> Result<()> {
         let model = TokenizerId::of(tokenizer)?;
         if model != self.index.tokenizer {
-            return Err(EvalError::TokenizerMismatch {
+            return Err(DataError::TokenizerMismatch {
                 path: self.path.clone(),
                 store: self.index.tokenizer.to_string(),
                 model: model.to_string(),

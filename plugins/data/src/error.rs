@@ -1,10 +1,10 @@
-//! The typed error of `longrope-eval`: data and token-store problems, each naming its file.
+//! The typed error of `longrope-data`: data and token-store problems, each naming its file.
 
 use std::path::PathBuf;
 
 /// Errors of corpus loading, token stores and evaluation set-up.
 #[derive(Debug, thiserror::Error)]
-pub enum EvalError {
+pub enum DataError {
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -57,16 +57,16 @@ pub enum EvalError {
     Core(#[from] longrope_core::Error),
 }
 
-impl From<EvalError> for longrope_core::Error {
-    fn from(e: EvalError) -> Self {
+impl From<DataError> for longrope_core::Error {
+    fn from(e: DataError) -> Self {
         match e {
-            EvalError::Core(c) => c,
-            EvalError::Io { path, source } => longrope_core::Error::Io { path, source },
+            DataError::Core(c) => c,
+            DataError::Io { path, source } => longrope_core::Error::Io { path, source },
             other => {
                 let (origin, message) = match &other {
-                    EvalError::Data { path, .. }
-                    | EvalError::CorruptStore { path, .. }
-                    | EvalError::TokenizerMismatch { path, .. } => (path.display().to_string(), other.to_string()),
+                    DataError::Data { path, .. }
+                    | DataError::CorruptStore { path, .. }
+                    | DataError::TokenizerMismatch { path, .. } => (path.display().to_string(), other.to_string()),
                     _ => ("evaluation".to_string(), other.to_string()),
                 };
                 let prefix = format!("{origin}: ");
@@ -78,4 +78,4 @@ impl From<EvalError> for longrope_core::Error {
 }
 
 /// Result alias of the evaluator crate.
-pub type Result<T, E = EvalError> = std::result::Result<T, E>;
+pub type Result<T, E = DataError> = std::result::Result<T, E>;

@@ -11,7 +11,7 @@ use longrope_core::eval::TokenSource;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::error::{EvalError, Result};
+use crate::error::{DataError, Result};
 use crate::store::TokenStore;
 
 /// A raw text document before tokenization.
@@ -26,16 +26,16 @@ pub struct TextDoc {
 /// Read text documents from a path: a text file (one document), a `.jsonl` file (one document per line, the
 /// `text` field), or a directory (every `.txt` / `.jsonl` file in it, sorted by name).
 pub fn read_text_docs(path: &Path) -> Result<Vec<TextDoc>> {
-    let meta = std::fs::metadata(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| DataError::Io { path: path.into(), source })?;
     if meta.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|source| EvalError::Io { path: path.into(), source })?
+            .map_err(|source| DataError::Io { path: path.into(), source })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("txt" | "jsonl")))
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(EvalError::Data { path: path.into(), message: "no .txt or .jsonl files in directory".into() });
+            return Err(DataError::Data { path: path.into(), message: "no .txt or .jsonl files in directory".into() });
         }
         let mut docs = Vec::new();
         for f in files {
@@ -43,7 +43,7 @@ pub fn read_text_docs(path: &Path) -> Result<Vec<TextDoc>> {
         }
         return Ok(docs);
     }
-    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.into(), source })?;
     if path.extension().and_then(|e| e.to_str()) == Some("jsonl") {
         let file = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let mut docs = Vec::new();
@@ -52,8 +52,8 @@ pub fn read_text_docs(path: &Path) -> Result<Vec<TextDoc>> {
                 continue;
             }
             let value: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| EvalError::Data { path: path.into(), message: format!("line {}: {e}", i + 1) })?;
-            let t = value.get("text").and_then(|t| t.as_str()).ok_or_else(|| EvalError::Data {
+                .map_err(|e| DataError::Data { path: path.into(), message: format!("line {}: {e}", i + 1) })?;
+            let t = value.get("text").and_then(|t| t.as_str()).ok_or_else(|| DataError::Data {
                 path: path.into(),
                 message: format!("line {}: no string field `text`", i + 1),
             })?;
@@ -70,7 +70,7 @@ pub fn read_text_docs(path: &Path) -> Result<Vec<TextDoc>> {
 pub fn tokenize_docs(tokenizer: &tokenizers::Tokenizer, docs: &[TextDoc]) -> Result<Vec<(String, Vec<u32>)>> {
     docs.iter()
         .map(|d| {
-            let enc = tokenizer.encode(d.text.as_str(), false).map_err(|e| EvalError::Tokenizer(e.to_string()))?;
+            let enc = tokenizer.encode(d.text.as_str(), false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
             Ok((d.name.clone(), enc.get_ids().to_vec()))
         })
         .collect()
@@ -183,7 +183,7 @@ pub fn select_docs(
     let mut keep: Vec<usize> = (0..source.num_docs()).filter(|&i| source.doc_len(i) >= min_tokens).collect();
     if keep.is_empty() {
         let longest = (0..source.num_docs()).map(|i| source.doc_len(i)).max().unwrap_or(0);
-        return Err(EvalError::NotEnoughData {
+        return Err(DataError::NotEnoughData {
             origin: origin.to_string(),
             message: format!(
                 "no document has the {min_tokens} tokens this length needs ({} documents, the longest has {longest} tokens)",

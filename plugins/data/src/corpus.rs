@@ -1,9 +1,12 @@
 //! Corpus input: text files, directories of them, JSONL (`text` field) or token stores, tokenized with the
 //! model's tokenizer, and the deterministic selection of evaluation documents.
 //!
-//! Selection follows LongRoPE's `evaluation/perplexity.py`: keep the documents with at least `min_tokens`
-//! tokens (`--dataset_min_tokens`), in corpus order, then take the first `samples` (`--samples`). An optional
-//! seed shuffles the kept documents first (deterministically) for users who want a random subset.
+//! Selection follows LongRoPE's `evaluation/perplexity.py:112-115` (microsoft/LongRoPE@c9e56aa): keep the documents
+//! with at least `min_tokens` tokens (`--dataset-min-tokens`; 0 keeps all), in corpus order, then take the first
+//! `samples` (`--samples`). An optional seed shuffles the kept documents first (deterministically, not in the
+//! reference) for users who want a random subset. `ppl` passes one fixed `min_tokens` for every length (its
+//! `reference` selection) or the window length (`per_length`); checked against the reference's lines in
+//! `tests/eval.rs` (fixture `tests/fixtures/reference_golden.json`).
 
 use std::path::{Path, PathBuf};
 
@@ -186,7 +189,7 @@ pub fn select_docs(
         return Err(DataError::NotEnoughData {
             origin: origin.to_string(),
             message: format!(
-                "no document has the {min_tokens} tokens this length needs ({} documents, the longest has {longest} tokens)",
+                "no document has at least {min_tokens} tokens ({} documents, the longest has {longest} tokens)",
                 source.num_docs()
             ),
         });

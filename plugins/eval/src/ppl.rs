@@ -1,17 +1,29 @@
-//! `ppl`: long-context perplexity exactly as LongRoPE's `evaluation/perplexity.py` computes it.
+//! `ppl`: long-context perplexity as LongRoPE's `evaluation/perplexity.py` (microsoft/LongRoPE@c9e56aa) computes
+//! it, with our earlier rules kept as named options.
 //!
-//! For each selected document (at least one full window long, first `samples` in corpus order):
-//! - `max_tokenized_len = num_tokens - 1` when a BOS token is prepended, else `num_tokens`;
-//! - windows begin at `0, stride, 2*stride, ...`; a window that would run past the document is skipped; at most
-//!   `max_sliding_count` windows per document; the loop stops at the document's end;
-//! - each window is `[BOS] + doc[begin..end]`, and only its new tokens are scored: the last
-//!   `trg_len = end - prev_end` labels (HF's `target_ids[:, :-trg_len] = -100`, then the causal shift, so the
-//!   first input position is never a target);
-//! - `truncate` mode keeps one window of the first `max_tokenized_len` tokens of each document.
+//! **Selection** ([`Selection`]): `reference` (default, `perplexity.py:112-115`) keeps the documents with at
+//! least `dataset_min_tokens` tokens (all of them when unset), in corpus order, and takes the first `samples`:
+//! one fixed set of documents for every length. `per_length` keeps the documents that hold one full window at
+//! the evaluated length, so longer lengths may use other documents.
+//!
+//! **Windows** ([`WindowRule`]), with `max_tokenized_len = num_tokens - 1` when a BOS token is prepended, else
+//! `num_tokens`:
+//! - `reference` (default, `compute_perplexity`, `perplexity.py:53-99`): at most
+//!   `seq_len = min(doc_len, max_sliding_count * sliding_window)` tokens of the document are read; windows begin
+//!   at `0, stride, 2*stride, ... < seq_len` and end at `min(begin + max_tokenized_len, seq_len)`, so the last
+//!   window is shorter when it reaches the limit or the document's end; the loop stops at `seq_len`;
+//! - `full`: every window is exactly `max_tokenized_len` document tokens; a window that would run past the
+//!   document is dropped; at most `max_sliding_count` windows.
+//!
+//! Both: each window is `[BOS] + doc[begin..end]` and only its new tokens are scored, the last
+//! `trg_len = end - prev_end` labels (HF's `target_ids[:, :-trg_len] = -100`, then the causal shift, so input
+//! position 0 is never a target). `truncate` first cuts each document to `max_tokenized_len` tokens and strides by
+//! that, i.e. one window of the document's first tokens.
 //!
 //! The window NLL is the mean over its scored tokens (HF's `outputs.loss`); the result is
 //! `exp(mean of window NLLs)` over all windows of all documents, as the reference reports it, plus each
-//! document's `exp(mean of its window NLLs)`.
+//! document's `exp(mean of its window NLLs)`. `details` records the rules used and warns when a selected document
+//! is shorter than a full window (the reference then scores a shorter window, and so do we).
 
 use std::time::Instant;
 
@@ -37,28 +49,66 @@ pub struct Window {
     pub score_from: usize,
 }
 
-/// The windows the reference scores for a document of `doc_len` tokens.
-pub fn windows(doc_len: usize, num_tokens: usize, bos: bool, stride: usize, max_count: usize, truncate: bool) -> Vec<Window> {
+/// How windows are laid over a document (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowRule {
+    /// LongRoPE's `compute_perplexity`: at most `max_sliding_count * sliding_window` tokens per document, the last
+    /// window shortened to end at that limit or at the document's end.
+    #[default]
+    Reference,
+    /// Only full windows (`num_tokens` inputs each), at most `max_sliding_count` of them: every scored window has
+    /// the full context and the same weight (the reference's last window may score a single token).
+    Full,
+}
+
+/// Which documents are evaluated (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// LongRoPE's `--dataset-min-tokens` + `--samples`: the same documents at every length.
+    #[default]
+    Reference,
+    /// The first `samples` documents that hold a full window at the evaluated length.
+    PerLength,
+}
+
+/// The windows scored for a document of `doc_len` tokens at `num_tokens` (BOS included when `bos`).
+pub fn windows(
+    doc_len: usize,
+    num_tokens: usize,
+    bos: bool,
+    stride: usize,
+    max_count: usize,
+    truncate: bool,
+    rule: WindowRule,
+) -> Vec<Window> {
     let max_len = num_tokens - usize::from(bos);
-    let (doc_len, stride) = if truncate { (doc_len.min(max_len), max_len) } else { (doc_len, stride) };
+    let (doc_len, stride) = if truncate { (doc_len.min(max_len), max_len) } else { (doc_len, stride.max(1)) };
+    // The reference reads at most `max_sliding_count * sliding_window` tokens; `full` counts windows instead.
+    let seq_len = match rule {
+        WindowRule::Reference => doc_len.min(max_count.saturating_mul(stride)),
+        WindowRule::Full => doc_len,
+    };
     let mut out = Vec::new();
     let mut prev_end = 0;
     let mut begin = 0;
-    while begin < doc_len && out.len() < max_count {
-        if begin + max_len > doc_len {
-            break;
-        }
-        let end = begin + max_len;
+    while begin < seq_len {
+        let end = match rule {
+            WindowRule::Reference => (begin + max_len).min(seq_len),
+            WindowRule::Full if begin + max_len > seq_len || out.len() >= max_count => break,
+            WindowRule::Full => begin + max_len,
+        };
         let trg_len = end - prev_end;
-        let input_len = max_len + usize::from(bos);
-        // A stride longer than the window skips tokens: every token of such a window is new (the reference's
-        // `target_ids[:, :-trg_len]` is then an empty slice).
+        let input_len = end - begin + usize::from(bos);
+        // `target_ids[:, :-trg_len] = -100` masks nothing when `trg_len >= input_len` (a stride longer than the
+        // window): every token of such a window is new.
         out.push(Window { begin, end, score_from: input_len.saturating_sub(trg_len).max(1) });
         prev_end = end;
-        if end == doc_len {
+        if end == seq_len {
             break;
         }
-        begin += stride.max(1);
+        begin += stride;
     }
     out
 }
@@ -67,22 +117,32 @@ pub fn windows(doc_len: usize, num_tokens: usize, bos: bool, stride: usize, max_
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PplConfig {
-    /// Stride between windows (`--sliding_window` of the reference).
+    /// Stride between windows (`--ppl-sliding-window` of the reference, default 256).
     #[serde(default = "default_stride")]
     pub sliding_window: usize,
-    /// At most this many windows per document.
+    /// The reference rule reads at most `max_sliding_count * sliding_window` tokens per document; the `full`
+    /// rule scores at most this many windows (default 10).
     #[serde(default = "default_max_sliding_count")]
     pub max_sliding_count: usize,
     /// One window of the first `num_tokens` per document.
     #[serde(default)]
     pub truncate: bool,
-    /// Number of documents (the first that are long enough).
+    /// Number of documents (`--samples`).
     #[serde(default = "default_samples")]
     pub samples: usize,
+    /// `reference` selection: documents with fewer tokens are skipped (`--dataset-min-tokens`); unset keeps all.
+    #[serde(default)]
+    pub dataset_min_tokens: Option<usize>,
+    /// Which documents: `reference` (default) or `per_length`.
+    #[serde(default)]
+    pub selection: Selection,
+    /// How windows are laid: `reference` (default) or `full`.
+    #[serde(default)]
+    pub windows: WindowRule,
     /// Prepend BOS: `true`, `false`, or unset = when the model has a BOS token (the reference's rule).
     #[serde(default)]
     pub add_bos: Option<bool>,
-    /// Shuffle the qualifying documents with this seed before taking `samples`.
+    /// Shuffle the kept documents with this seed before taking `samples` (not in the reference).
     #[serde(default)]
     pub shuffle_seed: Option<u64>,
 }
@@ -104,6 +164,9 @@ impl Default for PplConfig {
             max_sliding_count: default_max_sliding_count(),
             truncate: false,
             samples: default_samples(),
+            dataset_min_tokens: None,
+            selection: Selection::default(),
+            windows: WindowRule::default(),
             add_bos: None,
             shuffle_seed: None,
         }
@@ -115,6 +178,12 @@ impl EvaluatorConfig for PplConfig {
     fn build(&self) -> Result<Box<dyn Evaluator>> {
         if self.sliding_window == 0 || self.max_sliding_count == 0 || self.samples == 0 {
             return Err(Error::invalid("ppl", "sliding_window, max_sliding_count and samples must be positive"));
+        }
+        if self.selection == Selection::PerLength && self.dataset_min_tokens.is_some() {
+            return Err(Error::invalid(
+                "ppl.dataset_min_tokens",
+                "applies to `selection = \"reference\"`; `per_length` selects by the evaluated length",
+            ));
         }
         Ok(Box::new(Perplexity { config: self.clone() }))
     }
@@ -151,12 +220,50 @@ impl Evaluator for Perplexity {
             return Err(Error::invalid("ppl length", format!("{length} is too short")));
         }
         let max_len = length - usize::from(bos_id.is_some());
-        let picked = select_docs(data, max_len, c.samples, c.shuffle_seed, "ppl data")?;
+        let picked = match c.selection {
+            Selection::Reference => {
+                select_docs(data, c.dataset_min_tokens.unwrap_or(0), c.samples, c.shuffle_seed, "ppl data (dataset_min_tokens)")?
+            }
+            Selection::PerLength => select_docs(data, max_len, c.samples, c.shuffle_seed, "ppl data")?,
+        };
         let tables = schedule.tables(length)?;
         let plan: Vec<(usize, Vec<Window>)> = picked
             .iter()
-            .map(|&i| (i, windows(data.doc_len(i), length, bos_id.is_some(), c.sliding_window, c.max_sliding_count, c.truncate)))
+            .map(|&i| {
+                let w = windows(data.doc_len(i), length, bos_id.is_some(), c.sliding_window, c.max_sliding_count, c.truncate, c.windows);
+                (i, w)
+            })
             .collect();
+        let short: Vec<String> = picked.iter().filter(|&&i| data.doc_len(i) < max_len).map(|&i| data.doc_name(i)).collect();
+        let mut warnings = Vec::new();
+        if !short.is_empty() {
+            warnings.push(format!(
+                "{} of {} documents have fewer than the {max_len} tokens of a full window ({}): they are scored on \
+                 shorter windows, as the reference does; set dataset_min_tokens (--dataset-min-tokens) to skip them",
+                short.len(),
+                picked.len(),
+                short.join(", ")
+            ));
+        }
+        let empty: Vec<String> = plan.iter().filter(|(_, w)| w.is_empty()).map(|(i, _)| data.doc_name(*i)).collect();
+        if !empty.is_empty() && c.windows == WindowRule::Full {
+            return Err(Error::invalid(
+                "ppl data",
+                format!(
+                    "{} hold no full window of {max_len} tokens (windows = \"full\"): choose documents with \
+                     dataset_min_tokens >= {max_len} or selection = \"per_length\"",
+                    empty.join(", ")
+                ),
+            ));
+        }
+        if !empty.is_empty() {
+            warnings.push(format!("empty documents skipped, as the reference does: {}", empty.join(", ")));
+        }
+        let mut plan = plan;
+        plan.retain(|(_, w)| !w.is_empty());
+        if plan.is_empty() {
+            return Err(Error::invalid("ppl data", "the selected documents are empty"));
+        }
         let total: usize = plan.iter().map(|(_, w)| w.len()).sum();
         let start = Instant::now();
         let mut progress = Progress::new(total as u64, &format!("ppl@{length}"));
@@ -188,7 +295,14 @@ impl Evaluator for Perplexity {
             value: mean(&window_nlls).exp(),
             lower_is_better: true,
             per_item,
-            details: serde_json::json!({ "windows": window_nlls.len(), "window_nll": window_nlls }),
+            details: serde_json::json!({
+                "windows": window_nlls.len(),
+                "window_nll": window_nlls,
+                "window_rule": c.windows,
+                "selection": c.selection,
+                "dataset_min_tokens": c.dataset_min_tokens,
+                "warnings": warnings,
+            }),
             tokens,
             seconds: start.elapsed().as_secs_f64(),
         })
@@ -202,41 +316,77 @@ fn mean(v: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use longrope_data::corpus::TokenDocs;
 
-    #[test]
-    fn windows_follow_the_reference_bookkeeping() {
-        // doc 1000 tokens, num_tokens 300 with BOS -> max_len 299, stride 256.
-        let w = windows(1000, 300, true, 256, 10, false);
-        // begins 0, 256, 512; 768 + 299 > 1000 is skipped.
-        assert_eq!(w.iter().map(|w| (w.begin, w.end)).collect::<Vec<_>>(), vec![(0, 299), (256, 555), (512, 811)]);
-        // First window: trg_len = 299 of 300 inputs -> score from 1 (the first doc token, predicted from BOS).
-        assert_eq!(w[0].score_from, 1);
-        // Second: trg_len = 555 - 299 = 256 -> score_from = 300 - 256 = 44.
-        assert_eq!(w[1].score_from, 44);
-        assert_eq!(w[2].score_from, 300 - (811 - 555));
+    const REF: WindowRule = WindowRule::Reference;
+    const FULL: WindowRule = WindowRule::Full;
+
+    fn spans(w: &[Window]) -> Vec<(usize, usize, usize)> {
+        w.iter().map(|w| (w.begin, w.end, w.score_from)).collect()
     }
 
     #[test]
-    fn windows_without_bos_cannot_score_position_zero() {
-        let w = windows(10, 4, false, 2, 10, false);
-        assert_eq!(w.iter().map(|w| (w.begin, w.end, w.score_from)).collect::<Vec<_>>(), vec![
-            (0, 4, 1),
-            (2, 6, 2),
-            (4, 8, 2),
-            (6, 10, 2)
-        ]);
+    fn reference_windows_read_a_token_budget_and_end_at_the_document() {
+        // Issue 13's example: 1000 tokens at num_tokens 300 with BOS (299 document tokens a window), stride 256.
+        let w = windows(1000, 300, true, 256, 10, false, REF);
+        // The last window ends at the document's end and scores its 189 new tokens (233 inputs - 44).
+        assert_eq!(spans(&w), vec![(0, 299, 1), (256, 555, 44), (512, 811, 44), (768, 1000, 44)]);
+        assert_eq!(1000 - 811, 189);
+        // The budget is max_sliding_count * sliding_window tokens: 2 * 256 = 512 is one 512-token window.
+        assert_eq!(spans(&windows(4000, 512, false, 256, 2, false, REF)), vec![(0, 512, 1)]);
+        // ... and 3 * 128 = 384 makes a last window of 128 tokens that scores one new token.
+        assert_eq!(spans(&windows(600, 256, true, 128, 3, false, REF)), vec![(0, 255, 1), (128, 383, 128), (256, 384, 128)]);
+        // A document shorter than a window is one shorter window.
+        assert_eq!(spans(&windows(50, 100, false, 10, 10, false, REF)), vec![(0, 50, 1)]);
     }
 
     #[test]
-    fn windows_respect_max_count_and_truncate() {
-        assert_eq!(windows(10_000, 100, false, 10, 3, false).len(), 3);
-        let t = windows(10_000, 100, true, 10, 10, true);
-        assert_eq!(t, vec![Window { begin: 0, end: 99, score_from: 1 }]);
-        assert!(windows(50, 100, false, 10, 10, false).is_empty());
-        // Document exactly one window long.
-        assert_eq!(windows(100, 100, false, 256, 10, false).len(), 1);
-        // Stride longer than the window: each window is scored whole.
-        assert_eq!(windows(100, 10, true, 30, 10, false)[1], Window { begin: 30, end: 39, score_from: 1 });
+    fn full_windows_drop_the_tail_and_count_windows() {
+        let w = windows(1000, 300, true, 256, 10, false, FULL);
+        // begins 0, 256, 512; 768 + 299 > 1000 is dropped.
+        assert_eq!(spans(&w), vec![(0, 299, 1), (256, 555, 44), (512, 811, 44)]);
+        assert_eq!(windows(10_000, 100, false, 10, 3, false, FULL).len(), 3);
+        assert_eq!(spans(&windows(10_000, 100, false, 10, 3, false, REF)), vec![(0, 30, 1)]);
+        assert!(windows(50, 100, false, 10, 10, false, FULL).is_empty());
+    }
+
+    #[test]
+    fn windows_shared_by_both_rules() {
+        for rule in [REF, FULL] {
+            assert_eq!(spans(&windows(10, 4, false, 2, 10, false, rule)), vec![(0, 4, 1), (2, 6, 2), (4, 8, 2), (6, 10, 2)]);
+            assert_eq!(windows(10_000, 100, true, 10, 10, true, rule), vec![Window { begin: 0, end: 99, score_from: 1 }]);
+            assert_eq!(windows(100, 100, false, 256, 10, false, rule).len(), 1);
+            // Stride longer than the window: each window is scored whole.
+            assert_eq!(windows(100, 10, true, 30, 10, false, rule)[1], Window { begin: 30, end: 39, score_from: 1 });
+        }
+    }
+
+    /// Every window of `compute_perplexity` itself (run by scripts/fixtures/reference_golden.py with a recording
+    /// model) on 62 documents: begin, end, input length and the number of masked labels.
+    #[test]
+    fn reference_windows_equal_the_reference_function() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference_golden.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let golden: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let cases = golden["windows"].as_array().unwrap();
+        assert!(cases.len() >= 60, "{}", cases.len());
+        let mut windows_seen = 0;
+        for case in cases {
+            let n = |k: &str| case[k].as_u64().unwrap() as usize;
+            let b = |k: &str| case[k].as_bool().unwrap();
+            let ours = windows(n("doc_len"), n("num_tokens"), b("bos"), n("sliding_window"), n("max_sliding_count"), b("truncate"), REF);
+            let theirs = case["windows"].as_array().unwrap();
+            assert_eq!(ours.len(), theirs.len(), "{case}");
+            for (w, t) in ours.iter().zip(theirs) {
+                let g = |k: &str| t[k].as_u64().unwrap() as usize;
+                assert_eq!((w.begin, w.end), (g("begin"), g("end")), "{case}");
+                assert_eq!(w.end - w.begin + usize::from(b("bos")), g("input_len"), "{case}");
+                // HF shifts labels by one: input position 0 is never a target, whatever the mask.
+                assert_eq!(w.score_from, g("masked").max(1), "{case}");
+                windows_seen += 1;
+            }
+        }
+        assert!(windows_seen > 150, "{windows_seen}");
     }
 
     /// A schedule with the model's own RoPE, built without the scaling plugins crate.
@@ -254,51 +404,96 @@ mod tests {
         RopeSchedule { shape: model.summary.rope_shape(target), method: std::sync::Arc::new(Original) }
     }
 
+    /// Mean NLL of the mock model (`token / 100`) over `ids`.
+    fn m(ids: std::ops::Range<u32>) -> f64 {
+        ids.clone().map(|t| t as f64 / 100.0).sum::<f64>() / ids.len() as f64
+    }
+
+    fn docs() -> TokenDocs {
+        // A 3-token document, then one of 12 tokens with ids 10..22.
+        TokenDocs { docs: vec![("short".into(), vec![5; 3]), ("doc".into(), (10..22).collect())] }
+    }
+
     #[test]
-    fn perplexity_is_exp_of_mean_window_nll_over_new_tokens() {
-        use longrope_data::corpus::TokenDocs;
+    fn reference_perplexity_scores_the_same_documents_with_shorter_last_windows() {
         let model = crate::testing::MockModel::new(Some(1));
-        // One document of 12 tokens with ids 10..22; a short one that is skipped.
-        let docs = TokenDocs { docs: vec![("short".into(), vec![5; 3]), ("doc".into(), (10..22).collect())] };
         let config = PplConfig { sliding_window: 3, max_sliding_count: 10, samples: 5, ..PplConfig::default() };
+        let score = config.build().unwrap().evaluate(&model, &identity_schedule(&model, 64), 6, &docs()).unwrap();
+        // No dataset_min_tokens: both documents. num_tokens 6 with BOS -> 5 document tokens a window, stride 3.
+        // short: one window of its 3 tokens. doc: [0,5) [3,8) [6,11) and [9,12), which scores token 11 only.
+        let calls = model.calls.lock().unwrap().clone();
+        assert_eq!(calls, vec![(4, 1, 1), (6, 1, 1), (6, 3, 1), (6, 3, 1), (4, 3, 1)]);
+        let nll = [0.05, m(10..15), m(15..18), m(18..21), m(21..22)];
+        let expected = (nll.iter().sum::<f64>() / 5.0).exp();
+        assert!((score.value - expected).abs() < 1e-12, "{} vs {expected}", score.value);
+        assert_eq!(score.per_item.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["short", "doc"]);
+        assert!((score.per_item[1].value - (nll[1..].iter().sum::<f64>() / 4.0).exp()).abs() < 1e-12);
+        assert_eq!(score.tokens, 4 + 6 * 3 + 4);
+        let warning = score.details["warnings"][0].as_str().unwrap();
+        assert!(warning.contains("1 of 2 documents") && warning.contains("short"), "{warning}");
+        assert_eq!(score.details["window_rule"], "reference");
+
+        // dataset_min_tokens skips the short one, at every length alike.
+        let config = PplConfig { dataset_min_tokens: Some(10), ..config };
         let eval = config.build().unwrap();
-        let score = eval.evaluate(&model, &identity_schedule(&model, 64), 6, &docs).unwrap();
-        // num_tokens 6 with BOS -> 5 doc tokens a window; stride 3: windows [0,5) [3,8) [6,11); 9+5 > 12 stops.
+        for length in [6, 8] {
+            let score = eval.evaluate(&model, &identity_schedule(&model, 64), length, &docs()).unwrap();
+            assert_eq!(score.per_item.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["doc"]);
+            assert_eq!(score.details["warnings"].as_array().unwrap().len(), 0);
+        }
+    }
+
+    #[test]
+    fn per_length_selection_and_full_windows_keep_the_earlier_rules() {
+        let model = crate::testing::MockModel::new(Some(1));
+        let config = PplConfig {
+            sliding_window: 3,
+            samples: 5,
+            selection: Selection::PerLength,
+            windows: WindowRule::Full,
+            ..PplConfig::default()
+        };
+        let score = config.build().unwrap().evaluate(&model, &identity_schedule(&model, 64), 6, &docs()).unwrap();
+        // The short document holds no 5-token window and is not selected; windows [0,5) [3,8) [6,11); 9+5 > 12.
         let calls = model.calls.lock().unwrap().clone();
         assert_eq!(calls, vec![(6, 1, 1), (6, 3, 1), (6, 3, 1)]);
-        // Window NLL means: tokens scored are the new ones.
-        let w1 = (10..15).map(|t| t as f64 / 100.0).sum::<f64>() / 5.0;
-        let w2 = (15..18).map(|t| t as f64 / 100.0).sum::<f64>() / 3.0;
-        let w3 = (18..21).map(|t| t as f64 / 100.0).sum::<f64>() / 3.0;
-        let expected = ((w1 + w2 + w3) / 3.0).exp();
+        let expected = ((m(10..15) + m(15..18) + m(18..21)) / 3.0).exp();
         assert!((score.value - expected).abs() < 1e-12, "{} vs {expected}", score.value);
         assert_eq!(score.per_item.len(), 1);
-        assert_eq!(score.per_item[0].name, "doc");
         assert_eq!(score.tokens, 18);
+        // Full windows on a document without one is an error that says what to change.
+        let full_only = PplConfig { windows: WindowRule::Full, sliding_window: 3, ..PplConfig::default() };
+        let err = full_only.build().unwrap().evaluate(&model, &identity_schedule(&model, 64), 6, &docs()).unwrap_err().to_string();
+        assert!(err.contains("short") && err.contains("per_length"), "{err}");
+        // dataset_min_tokens belongs to the reference selection.
+        let both = PplConfig { selection: Selection::PerLength, dataset_min_tokens: Some(3), ..PplConfig::default() };
+        assert!(both.build().is_err());
     }
 
     #[test]
     fn truncate_scores_one_window_without_bos() {
-        use longrope_data::corpus::TokenDocs;
         let model = crate::testing::MockModel::new(Some(1));
         let docs = TokenDocs { docs: vec![("a".into(), (10..30).collect()), ("b".into(), (40..60).collect())] };
         let config = PplConfig { truncate: true, add_bos: Some(false), samples: 2, ..PplConfig::default() };
         let score = config.build().unwrap().evaluate(&model, &identity_schedule(&model, 64), 8, &docs).unwrap();
         let calls = model.calls.lock().unwrap().clone();
         assert_eq!(calls, vec![(8, 1, 10), (8, 1, 40)]);
-        let a = (11..18).map(|t| t as f64 / 100.0).sum::<f64>() / 7.0;
-        let b = (41..48).map(|t| t as f64 / 100.0).sum::<f64>() / 7.0;
+        let a = m(11..18);
+        let b = m(41..48);
         assert!((score.value - ((a + b) / 2.0).exp()).abs() < 1e-12);
         assert!((score.per_item[1].value - b.exp()).abs() < 1e-12);
     }
 
     #[test]
-    fn too_long_length_is_a_clear_error() {
-        use longrope_data::corpus::TokenDocs;
+    fn too_few_tokens_is_a_clear_error() {
         let model = crate::testing::MockModel::new(None);
         let docs = TokenDocs { docs: vec![("a".into(), vec![3; 10])] };
-        let err = PplConfig::default().build().unwrap().evaluate(&model, &identity_schedule(&model, 64), 64, &docs);
+        let c = PplConfig { dataset_min_tokens: Some(64), ..PplConfig::default() };
+        let err = c.build().unwrap().evaluate(&model, &identity_schedule(&model, 64), 64, &docs);
         let msg = err.unwrap_err().to_string();
-        assert!(msg.contains("no document has the 64 tokens") && msg.contains("longest has 10"), "{msg}");
+        assert!(msg.contains("no document has at least 64 tokens") && msg.contains("longest has 10"), "{msg}");
+        let c = PplConfig { selection: Selection::PerLength, ..PplConfig::default() };
+        let msg = c.build().unwrap().evaluate(&model, &identity_schedule(&model, 64), 64, &docs).unwrap_err().to_string();
+        assert!(msg.contains("no document has at least 64 tokens"), "{msg}");
     }
 }

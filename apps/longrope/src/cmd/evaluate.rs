@@ -47,9 +47,29 @@ pub struct Args {
     /// ppl: stride between windows.
     #[arg(long)]
     sliding_window: Option<usize>,
-    /// ppl: at most this many windows per document.
+    /// ppl: the reference reads at most max_sliding_count * sliding_window tokens per document (`--windows
+    /// full`: at most this many windows).
     #[arg(long)]
     max_sliding_count: Option<usize>,
+    /// ppl: skip documents with fewer tokens (the reference's --dataset-min-tokens; default: keep all). One
+    /// value for every length, so every length is measured on the same documents.
+    #[arg(long)]
+    dataset_min_tokens: Option<usize>,
+    /// ppl: `reference` (default: the last window ends at the token budget or the document's end) or `full`
+    /// (only full windows).
+    #[arg(long, value_name = "RULE")]
+    windows: Option<String>,
+    /// ppl: `reference` (default: --dataset-min-tokens, the same documents at every length) or `per-length`
+    /// (documents holding a full window at each length).
+    #[arg(long, value_name = "RULE")]
+    selection: Option<String>,
+    /// passkey: `reference` (default: int(3.65 L) characters of garbage, Python's random seeded 42, 10 new tokens)
+    /// or `tokens` (prompts filled to L tokens).
+    #[arg(long, value_name = "MODE")]
+    passkey_mode: Option<String>,
+    /// passkey: new tokens per sample (default 10 in reference mode).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
     /// passkey: depths of the key in [0, 1], comma-separated (default: random per sample).
     #[arg(long, value_delimiter = ',')]
     depths: Option<Vec<f64>>,
@@ -84,6 +104,12 @@ pub enum Which {
     Eval,
 }
 
+/// A config enum from its TOML spelling (`per-length` is also accepted for `per_length`); the error lists the
+/// accepted values.
+fn parse_choice<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::from(value.replace('-', "_"))).map_err(|e| anyhow::anyhow!("{flag} {value}: {e}"))
+}
+
 fn evaluator_config(name: &str, args: &Args) -> Result<Box<dyn EvaluatorConfig>> {
     if name.ends_with(".toml") || Path::new(name).exists() {
         let text = std::fs::read_to_string(name).with_context(|| format!("reading {name}"))?;
@@ -98,14 +124,25 @@ fn evaluator_config(name: &str, args: &Args) -> Result<Box<dyn EvaluatorConfig>>
             c.samples = args.samples.unwrap_or(c.samples);
             c.shuffle_seed = args.seed;
             c.add_bos = args.add_bos;
+            c.dataset_min_tokens = args.dataset_min_tokens;
+            if let Some(w) = &args.windows {
+                c.windows = parse_choice("--windows", w)?;
+            }
+            if let Some(s) = &args.selection {
+                c.selection = parse_choice("--selection", s)?;
+            }
             Box::new(c)
         }
         "passkey" => {
             let mut c = PasskeyConfig::default();
             c.samples = args.samples.unwrap_or(c.samples);
-            c.seed = args.seed.unwrap_or(c.seed);
+            c.seed = args.seed.or(c.seed);
             c.depths = args.depths.clone();
             c.add_bos = args.add_bos;
+            c.max_new_tokens = args.max_new_tokens;
+            if let Some(m) = &args.passkey_mode {
+                c.mode = parse_choice("--passkey-mode", m)?;
+            }
             Box::new(c)
         }
         "needle-ppl" => {
@@ -179,7 +216,7 @@ pub fn run(which: Which, args: Args) -> Result<()> {
         bail!("--data is required for {}", names.join(", "));
     }
     let model = load_model(&args.model, &args.device, &args.dtype, None)?;
-    let trained = model.summary().max_position_embeddings;
+    let trained = model.summary().original_context();
     let longest = args.lengths.iter().copied().max().unwrap_or(trained);
     let target = args.target.unwrap_or(longest.max(trained));
     let schedule = schedule(model.as_ref(), args.scaling.as_deref(), Some(target))?;
@@ -219,6 +256,9 @@ pub fn run(which: Which, args: Args) -> Result<()> {
                     return Err(e);
                 }
             };
+            for w in score.details.get("warnings").and_then(|w| w.as_array()).into_iter().flatten() {
+                eprintln!("warning: {name} at {length} tokens: {}", w.as_str().unwrap_or_default());
+            }
             if !args.json {
                 println!(
                     "{:<11} {:>7} tokens  {} = {:.4}   ({} tokens in {:.1} s)",

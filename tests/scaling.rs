@@ -147,6 +147,26 @@ fn plugin_names_are_registered() {
     }
 }
 
+/// `NAME{fields}` is a config inline: the same as the TOML with those fields; bad fields name the spec.
+#[test]
+fn inline_scaling_specs() {
+    let sh = shape(64, 1e5, 8192, 16384, 1);
+    let inline = load_scaling_config("yarn{beta_fast = 128.0, beta_slow = 2.0, blend = \"factor\"}").unwrap().build(&sh).unwrap();
+    let toml = parse_scaling_toml("method = \"yarn\"\nbeta_fast = 128.0\nbeta_slow = 2.0\nblend = \"factor\"\n", "t").unwrap();
+    let toml = toml.build(&sh).unwrap();
+    assert_eq!(inline.tables(&sh.at(16384, 0)).unwrap(), toml.tables(&sh.at(16384, 0)).unwrap());
+    assert_ne!(
+        inline.tables(&sh.at(16384, 0)).unwrap(),
+        load_scaling_config("yarn").unwrap().build(&sh).unwrap().tables(&sh.at(16384, 0)).unwrap()
+    );
+    let err = load_scaling_config("yarn{beta_fsat = 1.0}").unwrap_err().to_string();
+    assert!(err.contains("--scaling yarn{beta_fsat = 1.0}") && err.contains("beta_fsat"), "{err}");
+    let err = load_scaling_config("yarn{beta_fast = }").unwrap_err().to_string();
+    assert!(err.contains("not a TOML inline table"), "{err}");
+    let err = load_scaling_config("nope{a = 1}").unwrap_err().to_string();
+    assert!(err.contains("unknown scaling plugin `nope`"), "{err}");
+}
+
 /// `deny_unknown_fields` works through typetag's internally tagged `method`, wherever the tag is.
 #[test]
 fn unknown_fields_are_rejected() {
@@ -298,10 +318,7 @@ fn smollm2_ppl_at_scale_one_equals_none() {
     use longrope_core::model::LoadOptions;
     use longrope_core::scaling::RopeSchedule;
 
-    let Some(path) = common::smollm2() else {
-        eprintln!("SmolLM2 GGUF not fetched: skipping (run `make assets`)");
-        return;
-    };
+    let path = common::smollm2();
     let model = longrope_models::load(&path, &LoadOptions { dtype: tch::Kind::Float, ..LoadOptions::default() })
         .unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
     let text = std::fs::read_to_string(common::assets().join("corpus/austen-pride-and-prejudice.txt")).unwrap();

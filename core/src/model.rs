@@ -48,12 +48,19 @@ pub struct ModelSummary {
 }
 
 impl ModelSummary {
-    /// The RoPE shape for extending this model to `target` tokens.
+    /// The original context `L` an extension starts from, by LongRoPE's rule (`evolution/search.py:121-124`,
+    /// `rope/__init__.py:91-97`, microsoft/LongRoPE@c9e56aa): the sliding attention window when the model has one
+    /// (Mistral-7B-v0.1: 4096, although `max_position_embeddings` is 32768), else `max_position_embeddings`.
+    pub fn original_context(&self) -> usize {
+        self.sliding_window.unwrap_or(self.max_position_embeddings)
+    }
+
+    /// The RoPE shape for extending this model to `target` tokens, from `L` = [`ModelSummary::original_context`].
     pub fn rope_shape(&self, target: usize) -> RopeShape {
         RopeShape {
             head_dim: self.head_dim,
             rope_base: self.rope_base,
-            original_max_position_embeddings: self.max_position_embeddings,
+            original_max_position_embeddings: self.original_context(),
             max_position_embeddings: target,
             num_layers: self.num_layers,
         }
@@ -67,7 +74,10 @@ pub struct LoadOptions {
     pub device: Device,
     /// Compute dtype of the weights (f32, bf16, f16).
     pub dtype: Kind,
-    /// Override of the sliding attention window (Mistral); `Some(None)` disables it.
+    /// Override of the sliding attention window (Mistral); `Some(None)` disables it. The summary reports the
+    /// window in use, and [`ModelSummary::original_context`] takes `L` from it: the reference widens attention
+    /// (`--attn-sliding-window`) but keeps `L` at the checkpoint's window, so give `L` explicitly (a search's
+    /// `[shape]`) when widening it here.
     pub sliding_window: Option<Option<usize>>,
 }
 

@@ -5,8 +5,9 @@
 //! and [`ScalingConfig::build`] validates it against a [`RopeShape`] and returns the runtime
 //! [`PositionScaling`], with every default resolved (for example `factor` defaults to `s = L'/L`).
 //!
-//! `--scaling CONFIG` everywhere means either a plugin name (the same as the TOML `method = "NAME"`, i.e. all
-//! defaults, as HF takes them) or the path of a TOML file; see [`load_scaling_config`]. Methods from shared
+//! `--scaling CONFIG` everywhere means a plugin name (the same as the TOML `method = "NAME"`, i.e. all defaults,
+//! as HF takes them), a name with inline fields (`yarn{beta_fast = 128.0, beta_slow = 2.0}`: a TOML inline table),
+//! or the path of a TOML file; see [`load_scaling_config`]. Methods from shared
 //! libraries loaded at run time (`--plugin`) are configured the same way through the `dynamic` submodule
 //! ([`register_dynamic_scaling`], [`DynamicScalingConfig`]; see `docs/plugins.md`).
 
@@ -78,7 +79,8 @@ pub fn parse_scaling_toml(text: &str, origin: &str) -> Result<Box<dyn ScalingCon
     toml::from_str::<Box<dyn ScalingConfig>>(text).map_err(|e| Error::config(origin, e.to_string()))
 }
 
-/// Load `--scaling CONFIG`: a path to a TOML file (anything that exists or ends in `.toml`), or a plugin name.
+/// Load `--scaling CONFIG`: a path to a TOML file (anything that exists or ends in `.toml`), a plugin name, or a
+/// plugin name followed by a TOML inline table of its fields (`yarn{blend = "factor", beta_fast = 128.0}`).
 /// Relative paths inside a TOML file are taken relative to that file's directory.
 pub fn load_scaling_config(spec: &str) -> Result<Box<dyn ScalingConfig>> {
     let path = Path::new(spec);
@@ -86,11 +88,27 @@ pub fn load_scaling_config(spec: &str) -> Result<Box<dyn ScalingConfig>> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let mut config = parse_scaling_toml(&text, &path.display().to_string())?;
         config.resolve_relative_paths(path.parent().unwrap_or(Path::new("")));
-        Ok(config)
-    } else {
-        registry::require(PluginKind::Scaling, spec)?;
-        parse_scaling_toml(&format!("method = {spec:?}\n"), &format!("--scaling {spec}"))
+        return Ok(config);
     }
+    let origin = format!("--scaling {spec}");
+    if let Some((name, fields)) = spec.split_once('{') {
+        let name = name.trim();
+        registry::require(PluginKind::Scaling, name)?;
+        let table: toml::Table = toml::from_str(&format!("fields = {{{fields}"))
+            .map_err(|e| Error::config(&origin, format!("the fields after `{name}` are not a TOML inline table: {e}")))?;
+        let mut fields = match table.get("fields") {
+            Some(toml::Value::Table(t)) => t.clone(),
+            _ => return Err(Error::config(&origin, "expected `NAME{field = value, ...}`")),
+        };
+        if fields.contains_key("method") {
+            return Err(Error::config(&origin, "the method is the name before `{`; remove `method` from the fields"));
+        }
+        fields.insert("method".into(), toml::Value::String(name.to_string()));
+        let text = toml::to_string(&fields).map_err(|e| Error::config(&origin, e.to_string()))?;
+        return parse_scaling_toml(&text, &origin);
+    }
+    registry::require(PluginKind::Scaling, spec)?;
+    parse_scaling_toml(&format!("method = {spec:?}\n"), &origin)
 }
 
 /// A built method bound to a shape: hands out the per-layer tables for any sequence length and caches them.

@@ -268,7 +268,7 @@ pub fn markdown(r: &Results, plots: &std::result::Result<Vec<String>, String>) -
         let detail = mi
             .summary
             .as_ref()
-            .map(|s| format!("{} {} layers, head_dim {}, rope base {}, trained context {}, weights {}", s.arch, s.num_layers, s.head_dim, s.rope_base, s.max_position_embeddings, s.weight_dtype))
+            .map(|s| format!("{} {} layers, head_dim {}, rope base {}, trained context {}, RoPE L {}, weights {}", s.arch, s.num_layers, s.head_dim, s.rope_base, s.max_position_embeddings, s.original_context(), s.weight_dtype))
             .unwrap_or_default();
         let _ = writeln!(md, "| model `{}` | `{}` ({}, {}) {} |", mi.name, mi.path, mi.dtype, mi.device, detail);
     }

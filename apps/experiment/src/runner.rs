@@ -329,7 +329,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
             }
             let l = loaded.as_ref().expect("loaded above");
             let s = l.model.summary().clone();
-            let trained = s.max_position_embeddings;
+            let trained = s.original_context();
             let target = p.target.unwrap_or_else(|| exp.longest_length(&m.name).max(trained));
             let config = parse_scaling_table(&p.scaling_table, &p.base_dir, &p.method.name)?;
             let schedule = RopeSchedule::new(config.as_ref(), s.rope_shape(target))?;
@@ -439,10 +439,10 @@ fn run_search(
         &own
     };
     let shape = l.model.summary().rope_shape(s.file.target_length);
-    let (strategy, ctx) = s.file.build(&shape, &s.file.registry_seeds())?;
+    let (strategy, ctx) = s.file.build(&shape, &s.file.registry_seeds(Some(&l.model.summary().arch)))?;
     let seeds = ctx.seed_candidates()?;
     let strategy_name = strategy.name().to_string();
-    let evaluator = fitness_evaluator_config(&s.file.fitness)?.build()?;
+    let evaluator = fitness_evaluator_config(&s.file.fitness, s.file.target_length)?.build()?;
     let mut fitness = EvaluatorFitness::new(l.model.as_ref(), evaluator, source, shape.clone());
     let resume = dir.join("checkpoint.json").exists();
     log(format!(

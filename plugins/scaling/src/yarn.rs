@@ -8,6 +8,11 @@
 //! - `inv_freq[i] = theta_i / s * gamma_i + theta_i * (1 - gamma_i)`: high frequencies (small `i`) are
 //!   extrapolated (kept), low ones interpolated (divided by `s`).
 //!
+//! `blend = "factor"` (not YaRN's own rule; LongRoPE's `evolution/search.py:166-171`, microsoft/LongRoPE@c9e56aa,
+//! which seeds its search this way) blends the rescale factors linearly instead of the inverse frequencies:
+//! `lambda_i = 1 + (s - 1) gamma_i`, `inv_freq[i] = theta_i / lambda_i`. Both agree at `gamma = 0` and `1`; in
+//! the ramp the factor blend interpolates more (at `gamma = 1/2`, `s = 4`: 2.5 against YaRN's 1.6).
+//!
 //! Attention factor (HF order of precedence): `attention_factor` if set; else, when both `mscale` and
 //! `mscale_all_dim` are set, `get(s, mscale) / get(s, mscale_all_dim)` (DeepSeek form); else `get(s, 1)`, with
 //! `get(s, m) = 0.1 * m * ln s + 1` for `s > 1` and 1 otherwise. Defaults: `beta_fast = 32`, `beta_slow = 1`,
@@ -35,6 +40,23 @@ fn default_truncate() -> bool {
     true
 }
 
+/// How `yarn` mixes the interpolated and extrapolated parts of its ramp (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum YarnBlend {
+    /// YaRN / HF: `inv_freq = theta / s * gamma + theta * (1 - gamma)`.
+    #[default]
+    InvFreq,
+    /// LongRoPE's search seed: `lambda = 1 + (s - 1) gamma`, `inv_freq = theta / lambda`.
+    Factor,
+}
+
+impl YarnBlend {
+    fn is_default(&self) -> bool {
+        *self == YarnBlend::InvFreq
+    }
+}
+
 /// Config of `yarn` (TOML `method = "yarn"`); field names follow HF's `rope_scaling` keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +82,9 @@ pub struct YarnConfig {
     /// DeepSeek's denominator coefficient (used only together with `mscale`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mscale_all_dim: Option<f64>,
+    /// `inv_freq` (default, YaRN) or `factor` (LongRoPE's search seed, see the module doc).
+    #[serde(default, skip_serializing_if = "YarnBlend::is_default")]
+    pub blend: YarnBlend,
 }
 
 impl Default for YarnConfig {
@@ -72,6 +97,7 @@ impl Default for YarnConfig {
             attention_factor: None,
             mscale: None,
             mscale_all_dim: None,
+            blend: YarnBlend::default(),
         }
     }
 }
@@ -122,12 +148,8 @@ impl YarnRamp {
         Ok(YarnRamp { beta_fast, beta_slow, truncate, attention_factor, mscale, mscale_all_dim })
     }
 
-    /// YaRN inverse frequencies for a shape at scale `s` (exactly the original ones at `s = 1`).
-    pub fn inv_freq(&self, shape: &RopeShape, scale: f64) -> Vec<f64> {
-        let base = shape.base_inv_freq();
-        if scale == 1.0 {
-            return base;
-        }
+    /// The ramp `gamma_i` of a shape (0: extrapolated, 1: interpolated).
+    pub fn gamma(&self, shape: &RopeShape) -> Vec<f64> {
         let (lo, hi) = correction_range(
             self.beta_fast,
             self.beta_slow,
@@ -136,8 +158,25 @@ impl YarnRamp {
             shape.original_max_position_embeddings,
             self.truncate,
         );
-        let gamma = linear_ramp(lo, hi, shape.head_dim / 2);
-        base.iter().zip(gamma).map(|(theta, g)| theta / scale * g + theta * (1.0 - g)).collect()
+        linear_ramp(lo, hi, shape.head_dim / 2)
+    }
+
+    /// YaRN inverse frequencies for a shape at scale `s` (exactly the original ones at `s = 1`).
+    pub fn inv_freq(&self, shape: &RopeShape, scale: f64) -> Vec<f64> {
+        self.blended_inv_freq(shape, scale, YarnBlend::InvFreq)
+    }
+
+    /// The inverse frequencies at scale `s` with either blend (exactly the original ones at `s = 1`).
+    pub fn blended_inv_freq(&self, shape: &RopeShape, scale: f64, blend: YarnBlend) -> Vec<f64> {
+        let base = shape.base_inv_freq();
+        if scale == 1.0 {
+            return base;
+        }
+        let gamma = self.gamma(shape);
+        match blend {
+            YarnBlend::InvFreq => base.iter().zip(gamma).map(|(theta, g)| theta / scale * g + theta * (1.0 - g)).collect(),
+            YarnBlend::Factor => base.iter().zip(gamma).map(|(theta, g)| theta / (1.0 + (scale - 1.0) * g)).collect(),
+        }
     }
 
     /// The attention factor at scale `s` (see the module docs for the precedence).
@@ -207,7 +246,7 @@ impl ScalingConfig for YarnConfig {
             self.mscale,
             self.mscale_all_dim,
         )?;
-        Ok(Arc::new(Yarn { factor, ramp }))
+        Ok(Arc::new(Yarn { factor, ramp, blend: self.blend }))
     }
 }
 
@@ -218,6 +257,8 @@ pub struct Yarn {
     pub factor: f64,
     /// Ramp and attention parameters.
     pub ramp: YarnRamp,
+    /// How the ramp mixes the two parts.
+    pub blend: YarnBlend,
 }
 
 impl PositionScaling for Yarn {
@@ -226,12 +267,15 @@ impl PositionScaling for Yarn {
     }
 
     fn tables(&self, ctx: &RopeContext) -> longrope_core::Result<RopeTables> {
-        Ok(RopeTables::new(self.ramp.inv_freq(&ctx.shape, self.factor), self.ramp.attn_factor(self.factor)))
+        Ok(RopeTables::new(self.ramp.blended_inv_freq(&ctx.shape, self.factor, self.blend), self.ramp.attn_factor(self.factor)))
     }
 
     fn params(&self) -> serde_json::Value {
         let mut p = serde_json::to_value(&self.ramp).unwrap_or_default();
         p["factor"] = self.factor.into();
+        if self.blend != YarnBlend::InvFreq {
+            p["blend"] = serde_json::to_value(self.blend).unwrap_or_default();
+        }
         p["resolved_attention_factor"] = self.ramp.attn_factor(self.factor).into();
         p
     }
@@ -283,6 +327,31 @@ mod tests {
         // halfway through the ramp: gamma = (33 - 20)/26 = 0.5
         assert!((t.inv_freq[33] - (base[33] / 8.0 * 0.5 + base[33] * 0.5)).abs() < 1e-18);
         assert_eq!(t.attn_factor, 0.1 * 8f64.ln() + 1.0);
+    }
+
+    #[test]
+    fn factor_blend_is_linear_in_the_factors() {
+        let shape = RopeShape {
+            head_dim: 128,
+            rope_base: 10_000.0,
+            original_max_position_embeddings: 4096,
+            max_position_embeddings: 4 * 4096,
+            num_layers: 1,
+        };
+        let yarn = YarnConfig::default().build(&shape).unwrap().tables(&shape.at(1, 0)).unwrap();
+        let linear = YarnConfig { blend: YarnBlend::Factor, ..YarnConfig::default() }.build(&shape).unwrap();
+        let t = linear.tables(&shape.at(1, 0)).unwrap();
+        let base = shape.base_inv_freq();
+        // gamma = 1/2 at dim 33 (ramp [20, 46]): factor 1 + 3/2 = 2.5 (YaRN's inverse-frequency blend: 1.6).
+        assert!((base[33] / t.inv_freq[33] - 2.5).abs() < 1e-12);
+        assert!((base[33] / yarn.inv_freq[33] - 1.6).abs() < 1e-12);
+        // Both keep the ends and YaRN's attention factor.
+        assert_eq!(t.inv_freq[..=20], base[..=20]);
+        assert!((base[50] / t.inv_freq[50] - 4.0).abs() < 1e-12);
+        assert_eq!(t.attn_factor, yarn.attn_factor);
+        assert_eq!(linear.params()["blend"], "factor");
+        let text = "method = \"yarn\"\nblend = \"factor\"\n";
+        assert!(longrope_core::scaling::parse_scaling_toml(text, "t").is_ok());
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! workers = 1              # parallel fitness workers (devices or CPU threads)
 //! [model]                  # the model the fitness loads once (path, dtype, device)
 //! [shape]                  # RoPE shape; read from the model when absent (required by the synthetic fitness)
-//! [fitness]                # evaluator (ppl | needle-ppl ...), documents, corpus
-//! [space]                  # see `SpaceConfig`: dim_mono | dim_piece_mono, step, max_factor, seeds, n_hat ...
+//! [fitness]                # evaluator (ppl | needle-ppl ...), documents, dataset_min_tokens, corpus
+//! [space]                  # see `SpaceConfig`: mode, dim_mono | dim_piece_mono, step, max_factor, seeds, n_hat ...
 //! [strategy]               # strategy = "evolution" | "random" | "grid" and its hyperparameters
 //! ```
 
@@ -110,6 +110,10 @@ pub struct FitnessSection {
     /// Number of documents evaluated per candidate (default 1).
     #[serde(default = "default_documents")]
     pub documents: usize,
+    /// `ppl`: skip documents with fewer tokens (the reference's `--dataset-min-tokens`); default the target length,
+    /// so every document fills the window.
+    #[serde(default)]
+    pub dataset_min_tokens: Option<usize>,
     /// Corpus files the documents are taken from; relative paths from the config file's directory.
     #[serde(default)]
     pub corpus: Vec<PathBuf>,
@@ -117,7 +121,7 @@ pub struct FitnessSection {
 
 impl Default for FitnessSection {
     fn default() -> Self {
-        FitnessSection { evaluator: default_evaluator(), documents: default_documents(), corpus: Vec::new() }
+        FitnessSection { evaluator: default_evaluator(), documents: default_documents(), dataset_min_tokens: None, corpus: Vec::new() }
     }
 }
 
@@ -211,15 +215,17 @@ impl SearchFile {
         })
     }
 
-    /// The seeds the `[space]` table names, from the scaling registry.
-    pub fn registry_seeds(&self) -> RegistrySeeds {
-        RegistrySeeds { methods: self.space.seeds.clone() }
+    /// The seeds the `[space]` table means for a model architecture (`summary.arch`; `None` when no model is
+    /// loaded, e.g. the synthetic fitness), from the scaling registry: [`SpaceConfig::seed_specs`].
+    pub fn registry_seeds(&self, arch: Option<&str>) -> RegistrySeeds {
+        RegistrySeeds { methods: self.space.seed_specs(arch) }
     }
 
     /// Resolve the space for `shape`, fetch the seeds (none when `space.seeds` is empty) and build the strategy.
     pub fn build(&self, shape: &RopeShape, seeds: &dyn SeedSource) -> Result<(Box<dyn SearchStrategy>, SearchContext)> {
         let space = SearchSpace::new(&self.space, shape)?;
-        let seeds = if self.space.seeds.is_empty() { Vec::new() } else { seeds.seeds(shape)? };
+        let no_seeds = self.space.seeds.as_ref().is_some_and(|v| v.is_empty());
+        let seeds = if no_seeds { Vec::new() } else { seeds.seeds(shape)? };
         let ctx = SearchContext { space, seeds, seed: self.seed };
         Ok((self.strategy.build(&ctx)?, ctx))
     }

@@ -51,7 +51,8 @@ fn d_mutation_probability() -> f64 {
 }
 
 /// `[strategy] strategy = "evolution"`: the reference hyperparameters are the defaults
-/// (`evolution/default_hyper_params/dim_mono_llama.json`; the grid step is `space.step`).
+/// (`evolution/default_hyper_params/dim_mono.json` and `dim_piece_mono.json` at microsoft/LongRoPE@c9e56aa, the
+/// same numbers; the grid step is `space.step`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvolutionConfig {
@@ -223,8 +224,9 @@ impl Evolution {
     fn mutate_new(&mut self, parent: &Genome) -> Result<Genome> {
         let st = &mut self.st;
         let seen = &st.seen;
-        if let Some(g) = self.space.mutate(parent, self.p, MAX_TRIES, &mut st.rng, |g| !seen.contains(&g.key())) {
-            st.seen.insert(g.key());
+        let space = &self.space;
+        if let Some(g) = space.mutate(parent, self.p, MAX_TRIES, &mut st.rng, |g| !seen.contains(&space.key(g))) {
+            st.seen.insert(space.key(&g));
             return Ok(g);
         }
         self.random_new()
@@ -233,7 +235,7 @@ impl Evolution {
     fn random_new(&mut self) -> Result<Genome> {
         for _ in 0..MAX_TRIES {
             let g = self.space.random(&mut self.st.rng);
-            if self.st.seen.insert(g.key()) {
+            if self.st.seen.insert(self.space.key(&g)) {
                 return Ok(g);
             }
         }
@@ -243,7 +245,7 @@ impl Evolution {
     fn initial(&mut self) -> Result<Vec<Genome>> {
         let mut out = Vec::new();
         for g in self.seeds.clone() {
-            if out.len() < self.sizes.population && self.st.seen.insert(g.key()) {
+            if out.len() < self.sizes.population && self.st.seen.insert(self.space.key(&g)) {
                 out.push(g);
             }
         }
@@ -286,17 +288,18 @@ impl Evolution {
             let (i1, i2) = (i1.min(i2), i1.max(i2));
             let st = &mut self.st;
             let seen = &st.seen;
-            let child = self.space.crossover(
+            let space = &self.space;
+            let child = space.crossover(
                 &parents[i1],
                 &parents[i2],
                 self.p,
                 self.sizes.max_crossover_try,
                 &mut st.rng,
-                |g| !seen.contains(&g.key()),
+                |g| !seen.contains(&space.key(g)),
             );
             match child {
                 Some(g) => {
-                    st.seen.insert(g.key());
+                    st.seen.insert(space.key(&g));
                     out.push(g);
                 }
                 None => out.push(self.mutate_new(&parents[i1])?),

@@ -3,10 +3,12 @@
 //! number of evaluations, all behind the core's [`longrope_core::SearchStrategy`]; a driver that
 //! deduplicates, records every evaluation, checkpoints after every generation and resumes exactly.
 //!
-//! - [`space`]: the candidate space shared by all strategies (bounds, monotonicity, grid, operators);
+//! - [`space`]: the candidate space shared by all strategies (bounds, monotonicity, grid, operators), in
+//!   `reference` (microsoft/LongRoPE's code, default) or `paper` mode;
+//! - [`reference_ops`]: the reference's mutation, replayable on recorded draws;
 //! - [`evolution`], [`random`], [`grid`]: the strategies (plugins `evolution`, `random`, `grid`);
 //! - [`config`]: the `SearchConfig` plugin trait and the search file;
-//! - [`seeds`]: PI/NTK/YaRN factors from the scaling registry;
+//! - [`seeds`]: seed factors (the reference's YaRN seed, PI/NTK/YaRN) from the scaling registry;
 //! - [`fitness`]: the `Fitness` trait, parallel workers, a synthetic fitness;
 //! - [`model_fitness`]: `EvaluatorFitness`, a model + evaluator as the fitness (what real searches use);
 //! - [`driver`]: the loop, checkpoints and resume; [`outputs`]: the files a search writes;
@@ -24,6 +26,7 @@ pub mod grid;
 pub mod model_fitness;
 pub mod outputs;
 pub mod random;
+pub mod reference_ops;
 pub mod seeds;
 pub mod space;
 
@@ -35,7 +38,7 @@ pub use fitness::{Evaluation, Fitness, ParallelFitness, SyntheticFitness};
 pub use model_fitness::{fitness_evaluator_config, EvaluatorFitness};
 pub use outputs::{candidate_to_toml, SeedResult};
 pub use seeds::{RegistrySeeds, Seed, SeedSource};
-pub use space::{SearchSpace, SpaceConfig, SpaceKind};
+pub use space::{SearchMode, SearchSpace, SpaceConfig, SpaceKind};
 
 /// Referenced by the binary so the linker keeps this crate and its `inventory` registrations.
 pub fn link() {}

@@ -9,7 +9,7 @@
 //! [`TokenSource`]), so `longrope search` and the experiment runner share this code.
 //!
 //! ```ignore
-//! let evaluator = fitness_evaluator_config(&file.fitness)?.build()?;
+//! let evaluator = fitness_evaluator_config(&file.fitness, file.target_length)?.build()?;
 //! let shape = model.summary().rope_shape(file.target_length);
 //! let mut fitness = EvaluatorFitness::new(model.as_ref(), evaluator, &docs, shape);
 //! let outcome = Driver::new(strategy, &mut fitness, shape, file.meta(&shape), opts).run()?;
@@ -28,13 +28,19 @@ use crate::error::{Result, SearchError};
 use crate::fitness::{Evaluation, Fitness};
 use crate::outputs::candidate_to_toml;
 
-/// The evaluator config a `[fitness]` table means: `ppl` = one truncated window of the first `L'` tokens of
-/// each of the first `documents` long-enough documents (LongRoPE's search fitness); `needle-ppl` = `documents`
-/// samples; any other evaluator with its defaults. Unknown evaluators are an error listing the known ones.
-pub fn fitness_evaluator_config(section: &FitnessSection) -> Result<Box<dyn EvaluatorConfig>> {
+/// The evaluator config a `[fitness]` table at target length `target` means: `ppl` = one truncated window of the
+/// first `L'` tokens of each of the first `documents` documents with at least `dataset_min_tokens` tokens (default
+/// `target`), LongRoPE's search fitness (`examples/*/search.sh`: `--truncate --samples 5 --dataset-min-tokens`);
+/// `needle-ppl` = `documents` samples; any other evaluator with its defaults. Unknown evaluators are an error
+/// listing the known ones.
+pub fn fitness_evaluator_config(section: &FitnessSection, target: usize) -> Result<Box<dyn EvaluatorConfig>> {
     let name = section.evaluator.as_str();
     let text = match name {
-        "ppl" => format!("evaluator = \"ppl\"\ntruncate = true\nsamples = {}\n", section.documents),
+        "ppl" => format!(
+            "evaluator = \"ppl\"\ntruncate = true\nsamples = {}\ndataset_min_tokens = {}\n",
+            section.documents,
+            section.dataset_min_tokens.unwrap_or(target)
+        ),
         "needle-ppl" => format!("evaluator = \"needle-ppl\"\nsamples = {}\n", section.documents),
         other => format!("evaluator = {other:?}\n"),
     };

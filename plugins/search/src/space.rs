@@ -1,6 +1,13 @@
 //! The shared candidate space of every strategy: bounds, monotonicity, snapping to the grid, and LongRoPE's
 //! mutation and crossover operators (arXiv 2402.13753, Sec. 3.2 and Alg. 1; reference
-//! `microsoft/LongRoPE` `evolution/algorithms/dim_mono.py`, `dim_piece_mono.py`, `dim_mono_n/`).
+//! `microsoft/LongRoPE@c9e56aa` `evolution/search.py`, `evolution/algorithms/dim_mono.py`, `dim_piece_mono.py`).
+//!
+//! Two modes ([`SearchMode`]) set what a config leaves unset and which operators run:
+//! - `reference` (default): the reference code at HEAD: one seed, YaRN's ramp with the factors blended linearly
+//!   (`yarn{blend = "factor"}`, betas 128/2 on Mistral), factors up to `1 + s`, and its operators
+//!   ([`crate::reference_ops`]): `dim_mono.py`'s mutation (dimension 0 redrawn in `[1, lambda_1)`), and
+//!   `dim_piece_mono.py`'s boundaries `alpha < beta` (see there);
+//! - `paper`: the paper's seeds (PI, NTK, YaRN) and bound `1.25 s`, with the operators below.
 //!
 //! A point is a [`Genome`]: one grid index per RoPE dimension (`lambda_i = 1 + k_i * step`, `d/2` values, in
 //! `[1, max_factor]`, non-decreasing in `i`), plus, in the `dim_piece_mono` space, two boundaries `(a, b)`
@@ -8,7 +15,7 @@
 //! the retained-start-token list `n_hat` and into the attention-factor grid. Working on integer grid indices
 //! keeps every factor exactly on the `step` grid and makes equality (deduplication) exact.
 //!
-//! Operators (all keep the constraints by construction):
+//! `paper` operators (all keep the constraints by construction):
 //! - mutation: each searched dimension, with probability `p` (0.3), is redrawn uniformly from the grid values
 //!   between its neighbours `[lambda_{i-1}, lambda_{i+1}]` (`1` below dimension 0, `max_factor` above the last),
 //!   so the vector stays monotone; `n_hat` and the attention factor are redrawn with the same probability; in
@@ -17,7 +24,7 @@
 //!   value; the first child that is valid and accepted (not seen before) is returned, `max_crossover_try`
 //!   passes over the genes at most.
 //!
-//! Differences from the reference are listed in `docs/search.md`.
+//! The two modes side by side, and how each differs from the reference, are in `docs/search.md`.
 
 use std::collections::BTreeSet;
 
@@ -28,9 +35,30 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SearchError};
+use crate::reference_ops::Draws;
 
 /// The paper's retained start-token values `n_hat` (LongRoPE Sec. 3.2).
 pub const PAPER_N_HAT_VALUES: [usize; 14] = [0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 64, 128, 256];
+
+/// Which defaults and operators a search uses (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchMode {
+    /// microsoft/LongRoPE's `evolution/` code at HEAD.
+    #[default]
+    Reference,
+    /// The paper's seeds (PI, NTK, YaRN) and bound (`1.25 s`), with this crate's operators.
+    Paper,
+}
+
+/// The reference's YaRN seed (`evolution/search.py:153-171`) as a scaling spec for a model architecture: YaRN's
+/// ramp with linearly blended factors, betas 128/2 for Mistral (`config.model_type == 'mistral'`), else 32/1.
+pub fn reference_yarn_seed(arch: Option<&str>) -> String {
+    match arch {
+        Some("mistral") => "yarn{blend = \"factor\", beta_fast = 128.0, beta_slow = 2.0}".into(),
+        _ => "yarn{blend = \"factor\"}".into(),
+    }
+}
 
 /// Which of LongRoPE's two search spaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -68,7 +96,7 @@ fn one_and_a_half() -> f64 {
 fn default_step() -> f64 {
     0.01
 }
-fn default_seeds() -> Vec<String> {
+fn paper_seeds() -> Vec<String> {
     vec!["pi".into(), "ntk".into(), "yarn".into()]
 }
 fn default_n_hat_values() -> Vec<usize> {
@@ -79,19 +107,23 @@ fn default_n_hat_values() -> Vec<usize> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpaceConfig {
+    /// `reference` (default) or `paper`: the defaults of `max_factor` and `seeds`, and the operators.
+    #[serde(default)]
+    pub mode: SearchMode,
     /// `dim_mono` (default) or `dim_piece_mono`.
     #[serde(default)]
     pub kind: SpaceKind,
     /// Grid step of the factors (reference `list_step`, default 0.01).
     #[serde(default = "default_step")]
     pub step: f64,
-    /// Largest factor; default `1.25 s` (the paper's bound; the reference code uses `1 + s`).
+    /// Largest factor; default `1 + s` (`reference`, `evo_list = arange(1, 1 + s + step)`) or `1.25 s` (`paper`).
     #[serde(default)]
     pub max_factor: Option<f64>,
-    /// Scaling methods whose factors seed the initial population (default `["pi", "ntk", "yarn"]`, the
-    /// paper); taken from the scaling registry. Empty: the initial population is drawn at random.
-    #[serde(default = "default_seeds")]
-    pub seeds: Vec<String>,
+    /// Scaling methods (as `--scaling` takes them) whose factors seed the initial population; taken from the
+    /// scaling registry. Default: the reference's YaRN seed ([`reference_yarn_seed`]) in `reference` mode,
+    /// `["pi", "ntk", "yarn"]` in `paper` mode. Empty: the initial population is drawn at random.
+    #[serde(default)]
+    pub seeds: Option<Vec<String>>,
     /// Retained start tokens `n_hat` when it is not searched; the seeds' value when it is (default 0).
     #[serde(default)]
     pub n_hat: usize,
@@ -109,14 +141,27 @@ pub struct SpaceConfig {
 impl Default for SpaceConfig {
     fn default() -> Self {
         SpaceConfig {
+            mode: SearchMode::default(),
             kind: SpaceKind::default(),
             step: default_step(),
             max_factor: None,
-            seeds: default_seeds(),
+            seeds: None,
             n_hat: 0,
             search_n_hat: false,
             n_hat_values: default_n_hat_values(),
             attention_factor: None,
+        }
+    }
+}
+
+impl SpaceConfig {
+    /// The seed specs this config means for a model architecture (`llama`, `mistral`; `None` when unknown): the
+    /// `seeds` given, else the mode's default.
+    pub fn seed_specs(&self, arch: Option<&str>) -> Vec<String> {
+        match (&self.seeds, self.mode) {
+            (Some(v), _) => v.clone(),
+            (None, SearchMode::Reference) => vec![reference_yarn_seed(arch)],
+            (None, SearchMode::Paper) => paper_seeds(),
         }
     }
 }
@@ -157,6 +202,9 @@ pub type Seen = BTreeSet<GenomeKey>;
 /// A resolved search space: the config validated against a [`RopeShape`] with every default applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchSpace {
+    /// Which defaults and operators.
+    #[serde(default)]
+    pub mode: SearchMode,
     /// Which space.
     pub kind: SpaceKind,
     /// The model/extension shape (`d`, base, `L`, `L'`).
@@ -196,7 +244,7 @@ pub fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
 }
 
 impl SearchSpace {
-    /// Validate `config` against `shape` and resolve the defaults (`max_factor = 1.25 s`).
+    /// Validate `config` against `shape` and resolve the defaults (`max_factor = 1 + s` or `1.25 s`).
     pub fn new(config: &SpaceConfig, shape: &RopeShape) -> Result<Self> {
         shape.validate()?;
         let scale = shape.scale();
@@ -212,7 +260,10 @@ impl SearchSpace {
         if !(config.step.is_finite() && config.step > 0.0) {
             return Err(SearchError::invalid("space.step", format!("must be positive, got {}", config.step)));
         }
-        let max_factor = config.max_factor.unwrap_or(1.25 * scale);
+        let max_factor = config.max_factor.unwrap_or(match config.mode {
+            SearchMode::Reference => 1.0 + scale,
+            SearchMode::Paper => 1.25 * scale,
+        });
         if !(max_factor.is_finite() && max_factor >= 1.0) {
             return Err(SearchError::invalid("space.max_factor", format!("must be >= 1, got {max_factor}")));
         }
@@ -260,6 +311,7 @@ impl SearchSpace {
             }
         };
         Ok(SearchSpace {
+            mode: config.mode,
             kind: config.kind,
             shape: shape.clone(),
             half_dim: shape.head_dim / 2,
@@ -310,8 +362,9 @@ impl SearchSpace {
     }
 
     /// A genome from factors (a seed): snapped to the grid, made monotone (running maximum), and in
-    /// `dim_piece_mono` given boundaries (`a` = leading factors at 1, `b` = first of the trailing factors
-    /// `>= s`) and projected. The attention factor, when searched, is snapped to its grid.
+    /// `dim_piece_mono` given boundaries: `(0, 0)` in `reference` mode (the reference's initial alpha and beta),
+    /// else `a` = leading factors at 1, `b` = first of the trailing factors `>= s`, then projected. The attention
+    /// factor, when searched, is snapped to its grid.
     pub fn genome_from_factors(&self, factors: &[f64], attn_factor: Option<f64>) -> Result<Genome> {
         if factors.len() != self.half_dim {
             return Err(SearchError::invalid(
@@ -334,7 +387,10 @@ impl SearchSpace {
             (None, _) => 0,
         };
         let mut g = Genome { dims, bounds: None, n_hat: self.n_hat_seed, attn };
-        if self.kind == SpaceKind::DimPieceMono {
+        if self.kind == SpaceKind::DimPieceMono && self.mode == SearchMode::Reference {
+            // `preprocess_init_factors`: alpha = beta = 0 in front of the seed's factors.
+            g.bounds = Some((0, 0));
+        } else if self.kind == SpaceKind::DimPieceMono {
             let h = self.half_dim as u32;
             let a = g.dims.iter().take_while(|&&k| k == 0).count() as u32;
             let trailing = g.dims.iter().rev().take_while(|&&k| k >= self.scale_index).count() as u32;
@@ -345,9 +401,24 @@ impl SearchSpace {
         Ok(g)
     }
 
-    /// `dim_piece_mono`: set the fixed parts from the boundaries and cap the middle so the whole vector can
-    /// stay monotone (`<= s` when fixed dimensions follow). No-op in `dim_mono`.
+    /// The deduplication key of a genome in this space: [`Genome::key`], plus the boundaries in `reference`
+    /// `dim_piece_mono` (the reference's `Individual.__eq__` compares alpha and beta too).
+    pub fn key(&self, g: &Genome) -> GenomeKey {
+        let mut k = g.key();
+        if let (SearchMode::Reference, Some((a, b))) = (self.mode, g.bounds) {
+            k.push(a);
+            k.push(b);
+        }
+        k
+    }
+
+    /// `dim_piece_mono` in `paper` mode: set the fixed parts from the boundaries and cap the middle so the whole
+    /// vector can stay monotone (`<= s` when fixed dimensions follow). No-op in `dim_mono` and in `reference`
+    /// mode (the reference never re-imposes the fixed parts).
     pub fn project(&self, g: &mut Genome) {
+        if self.mode == SearchMode::Reference {
+            return;
+        }
         if let Some((a, b)) = g.bounds {
             let (a, b) = (a as usize, b as usize);
             let cap = if b < self.half_dim { self.scale_index } else { self.max_index };
@@ -363,7 +434,8 @@ impl SearchSpace {
         }
     }
 
-    /// Whether a genome satisfies every constraint of the space (length, bounds, monotonicity, fixed parts).
+    /// Whether a genome satisfies every constraint of the space (length, bounds, monotonicity, and in `paper`
+    /// `dim_piece_mono` the fixed parts).
     pub fn is_valid(&self, g: &Genome) -> bool {
         if g.dims.len() != self.half_dim
             || g.dims.iter().any(|&k| k > self.max_index)
@@ -375,6 +447,7 @@ impl SearchSpace {
         }
         match (self.kind, g.bounds) {
             (SpaceKind::DimMono, None) => true,
+            (SpaceKind::DimPieceMono, Some((a, b))) if self.mode == SearchMode::Reference => a <= b && (b as usize) <= self.half_dim,
             (SpaceKind::DimPieceMono, Some((a, b))) => {
                 let (a, b) = (a as usize, b as usize);
                 a <= b
@@ -440,7 +513,8 @@ impl SearchSpace {
     }
 
     /// Mutate `parent` until the result is accepted (typically: not seen before), at most `max_tries` passes
-    /// (each pass continues from the previous one, as the reference does). `None` if none was accepted.
+    /// (each pass continues from the previous one, as the reference does). `None` if none was accepted. In
+    /// `reference` mode the passes are the reference's ([`SearchSpace::reference_mutate`]).
     pub fn mutate(
         &self,
         parent: &Genome,
@@ -449,6 +523,9 @@ impl SearchSpace {
         rng: &mut ChaCha8Rng,
         accept: impl Fn(&Genome) -> bool,
     ) -> Option<Genome> {
+        if self.mode == SearchMode::Reference {
+            return self.reference_mutate(parent, p, max_tries, rng, accept);
+        }
         let mut g = parent.clone();
         for _ in 0..max_tries {
             self.mutate_once(&mut g, p, rng);
@@ -460,33 +537,38 @@ impl SearchSpace {
     }
 
     /// LongRoPE crossover of `p1` (the fitter parent) and `p2`: see the module doc. `None` when the parents
-    /// are equal or no accepted child was found in `max_tries` passes.
-    pub fn crossover(
+    /// are equal or no accepted child was found in `max_tries` passes. In `reference` `dim_piece_mono` the
+    /// boundaries are two genes (`i < 2` each copies both, `dim_piece_mono.py:77-79`) and nothing is projected.
+    pub fn crossover<D: Draws>(
         &self,
         p1: &Genome,
         p2: &Genome,
         p: f64,
         max_tries: usize,
-        rng: &mut ChaCha8Rng,
+        rng: &mut D,
         accept: impl Fn(&Genome) -> bool,
     ) -> Option<Genome> {
-        if p1.key() == p2.key() && p1.bounds == p2.bounds {
+        if self.key(p1) == self.key(p2) && p1.bounds == p2.bounds {
             return None;
         }
         // Genes: [boundaries], dims..., [n_hat], [attention].
-        let has_bounds = p1.bounds.is_some();
-        let genes = has_bounds as usize + self.half_dim + self.searches_n_hat() as usize + (self.attention_count > 1) as usize;
+        let bound_genes = match (p1.bounds.is_some(), self.mode) {
+            (false, _) => 0,
+            (true, SearchMode::Paper) => 1,
+            (true, SearchMode::Reference) => 2,
+        };
+        let genes = bound_genes + self.half_dim + self.searches_n_hat() as usize + (self.attention_count > 1) as usize;
         let mut child = p1.clone();
         for _ in 0..max_tries {
             for gene in 0..genes {
-                if rng.random::<f64>() >= p {
+                if rng.rand() >= p {
                     continue;
                 }
-                if rng.random::<f64>() < 0.5 {
-                    match (has_bounds, gene) {
-                        (true, 0) => child.bounds = p2.bounds,
-                        _ => {
-                            let j = gene - has_bounds as usize;
+                if rng.rand() < 0.5 {
+                    match gene < bound_genes {
+                        true => child.bounds = p2.bounds,
+                        false => {
+                            let j = gene - bound_genes;
                             if j < self.half_dim {
                                 child.dims[j] = p2.dims[j];
                             } else if j == self.half_dim && self.searches_n_hat() {
@@ -555,13 +637,18 @@ mod tests {
         }
     }
 
+    fn paper() -> SpaceConfig {
+        SpaceConfig { mode: SearchMode::Paper, ..SpaceConfig::default() }
+    }
+
+    /// The four `paper`-mode spaces the property tests run in.
     fn spaces() -> Vec<SearchSpace> {
-        let mono = SpaceConfig::default();
-        let piece = SpaceConfig { kind: SpaceKind::DimPieceMono, ..SpaceConfig::default() };
+        let mono = paper();
+        let piece = SpaceConfig { kind: SpaceKind::DimPieceMono, ..paper() };
         let full = SpaceConfig {
             search_n_hat: true,
             attention_factor: Some(AttentionSearch { min: 1.0, max: 1.2, step: 0.01 }),
-            ..SpaceConfig::default()
+            ..paper()
         };
         let full_piece = SpaceConfig { kind: SpaceKind::DimPieceMono, ..full.clone() };
         [mono, piece, full, full_piece].iter().map(|c| SearchSpace::new(c, &shape()).unwrap()).collect()
@@ -592,8 +679,19 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_the_paper() {
-        let s = SearchSpace::new(&SpaceConfig::default(), &shape()).unwrap();
+    fn defaults_follow_the_reference_or_the_paper() {
+        let r = SearchSpace::new(&SpaceConfig::default(), &shape()).unwrap();
+        assert_eq!(r.mode, SearchMode::Reference);
+        assert_eq!(r.max_factor, 3.0); // 1 + s
+        assert_eq!(SpaceConfig::default().seed_specs(Some("llama")), vec!["yarn{blend = \"factor\"}".to_string()]);
+        assert_eq!(
+            SpaceConfig::default().seed_specs(Some("mistral")),
+            vec!["yarn{blend = \"factor\", beta_fast = 128.0, beta_slow = 2.0}".to_string()]
+        );
+        assert_eq!(paper().seed_specs(Some("mistral")), vec!["pi", "ntk", "yarn"]);
+        let explicit = SpaceConfig { seeds: Some(vec![]), ..SpaceConfig::default() };
+        assert!(explicit.seed_specs(None).is_empty());
+        let s = SearchSpace::new(&paper(), &shape()).unwrap();
         assert_eq!(s.scale, 2.0);
         assert_eq!(s.max_factor, 2.5); // 1.25 s
         assert_eq!(s.max_index, 150);
@@ -603,7 +701,7 @@ mod tests {
         assert_eq!(s.index_of(0.5), 0);
         assert_eq!(s.index_of(9.0), 150);
         assert_eq!(s.n_hat_values, vec![0]);
-        let n = SearchSpace::new(&SpaceConfig { search_n_hat: true, ..SpaceConfig::default() }, &shape()).unwrap();
+        let n = SearchSpace::new(&SpaceConfig { search_n_hat: true, ..paper() }, &shape()).unwrap();
         assert_eq!(n.n_hat_values, PAPER_N_HAT_VALUES.to_vec());
     }
 
@@ -692,6 +790,39 @@ mod tests {
             found += space.crossover(&p1, &p2, 0.3, 20, &mut rng, |c| c.key() != p1.key() && c.key() != p2.key()).is_some() as usize;
         }
         assert!(found > 50, "{found}");
+    }
+
+    /// `reference` mode: the reference's piece boundaries (alpha < beta after every mutation, no projection, the
+    /// last two factors fixed), monotone factors on the grid.
+    #[test]
+    fn reference_operators_keep_the_references_constraints() {
+        for kind in [SpaceKind::DimMono, SpaceKind::DimPieceMono] {
+            let space = SearchSpace::new(&SpaceConfig { kind, ..SpaceConfig::default() }, &shape()).unwrap();
+            // A YaRN-like ramp from 1 to s, as the reference's seed (which ends at s: the dimensions above beta
+            // are set to s, so a seed ending below it could never be monotone again).
+            let ramp: Vec<f64> = (0..32).map(|i| 1.0 + ((i as f64 - 10.0) / 10.0).clamp(0.0, 1.0)).collect();
+            let seed = space.genome_from_factors(&ramp, None).unwrap();
+            assert_eq!(seed.bounds, (kind == SpaceKind::DimPieceMono).then_some((0, 0)));
+            for rng_seed in 0..100u64 {
+                let mut rng = ChaCha8Rng::seed_from_u64(rng_seed);
+                let mut g = seed.clone();
+                for _ in 0..10 {
+                    let parent = g.clone();
+                    g = space.mutate(&parent, 0.3, 10_000, &mut rng, |c| space.key(c) != space.key(&parent)).expect("a new point");
+                    assert!(space.is_valid(&g));
+                    assert!(g.dims.windows(2).all(|w| w[0] <= w[1]));
+                    assert!(g.dims.iter().all(|&k| k <= space.max_index));
+                    if let Some((a, b)) = g.bounds {
+                        assert!(a < b && (b as usize) < 32, "{a} {b}");
+                        assert_eq!(g.dims[30..], seed.dims[30..], "the last two factors never change");
+                    }
+                }
+                let other = space.mutate(&seed, 0.3, 10_000, &mut rng, |c| space.key(c) != space.key(&seed)).unwrap();
+                if let Some(c) = space.crossover(&g, &other, 0.3, 20, &mut rng, |c| space.key(c) != space.key(&g)) {
+                    assert!(space.is_valid(&c));
+                }
+            }
+        }
     }
 
     #[test]

@@ -116,11 +116,16 @@ fn trace(h: &[Record]) -> Vec<(usize, usize, String, f64)> {
 
 fn configs() -> Vec<(String, SearchFile)> {
     let mut out = Vec::new();
-    for space in ["kind = \"dim_mono\"", "kind = \"dim_piece_mono\"", "search_n_hat = true\n[space.attention_factor]\nmax = 1.2"] {
+    for space in [
+        "kind = \"dim_mono\"",
+        "kind = \"dim_piece_mono\"",
+        "mode = \"paper\"\nkind = \"dim_piece_mono\"",
+        "search_n_hat = true\n[space.attention_factor]\nmax = 1.2",
+    ] {
         for strategy in ["evolution", "random", "grid"] {
             let mut f = file(SMALL_EVOLUTION, space);
             f.switch_strategy(strategy).unwrap();
-            out.push((format!("{strategy} / {}", space.lines().next().unwrap()), f));
+            out.push((format!("{strategy} / {}", space.replace('\n', " ")), f));
         }
     }
     out
@@ -133,12 +138,18 @@ fn equal_budgets_and_no_candidate_evaluated_twice() {
         let (mut fit, log) = counting(None);
         let s = finished(run(&f, &mut fit, DriverOptions::new(tmp("budget"))).unwrap());
         let log = log.lock().unwrap();
-        assert_eq!(log.len(), 26, "{name}: evaluations");
-        assert_eq!(s.history.len(), 26, "{name}");
-        assert_eq!(s.cost.evaluations, 26, "{name}");
-        assert_eq!(s.cost.duplicates_skipped, 0, "{name}");
-        assert_eq!(log.iter().collect::<HashSet<_>>().len(), 26, "{name}: a candidate was evaluated twice");
-        assert_eq!(s.cost.tokens, 26 * 16384);
+        assert_eq!(s.history.len(), s.cost.evaluations, "{name}");
+        assert_eq!(log.len(), s.cost.evaluations, "{name}: evaluations");
+        assert_eq!(s.cost.evaluations + s.cost.duplicates_skipped, 26, "{name}");
+        if name == "evolution / kind = \"dim_piece_mono\"" {
+            // The reference tells individuals apart by alpha and beta too: it may propose the same factors again
+            // (and spend an evaluation on them); the driver answers those from the history.
+            assert!(s.cost.duplicates_skipped < 13, "{name}: {} duplicates", s.cost.duplicates_skipped);
+        } else {
+            assert_eq!(s.cost.duplicates_skipped, 0, "{name}");
+        }
+        assert_eq!(log.iter().collect::<HashSet<_>>().len(), log.len(), "{name}: a candidate was evaluated twice");
+        assert_eq!(s.cost.tokens, s.cost.evaluations as u64 * 16384);
         assert!(s.history.iter().all(|r| r.candidate.factors.windows(2).all(|w| w[0] <= w[1])), "{name}");
     }
 }
@@ -212,7 +223,7 @@ fn resume_after_a_stop_equals_an_uninterrupted_run() {
             assert_eq!(resumed.recovered, 0);
             let second = second_log.lock().unwrap();
             assert!(second.iter().all(|c| !checkpointed.contains(c)), "{name}: re-evaluated a checkpointed candidate");
-            assert_eq!(checkpointed.len() + second.len(), 26, "{name}");
+            assert_eq!(checkpointed.len() + second.len(), full.cost.evaluations, "{name}");
             assert_eq!(
                 std::fs::read_to_string(out.join("best_factors.csv")).unwrap(),
                 crate::outputs::factors_csv(&full.best.candidate.factors)
@@ -226,7 +237,7 @@ fn resume_after_a_simulated_kill_mid_generation_reruns_nothing_recorded() {
     for (name, f) in configs() {
         let (mut fit, _) = counting(None);
         let full = finished(run(&f, &mut fit, DriverOptions::new(tmp("full-kill"))).unwrap());
-        for kill_at in [0, 5, 12, 25] {
+        for kill_at in [0, 5, 12, full.cost.evaluations - 1] {
             let out = tmp(&format!("kill{kill_at}"));
             let (mut fit, first_log) = counting(Some(kill_at));
             let err = run(&f, &mut fit, DriverOptions::new(&out)).unwrap_err();
@@ -270,9 +281,9 @@ fn resume_after_a_simulated_kill_mid_generation_reruns_nothing_recorded() {
             } else {
                 assert!(resumed.cost.wall_seconds < 1.0e6, "{}", resumed.cost.wall_seconds);
             }
-            assert_eq!(done.len() + second.len(), 26, "{name}");
+            assert_eq!(done.len() + second.len(), full.cost.evaluations, "{name}");
             let lines = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
-            assert_eq!(lines.lines().count(), 26);
+            assert_eq!(lines.lines().count(), full.cost.evaluations);
             for line in lines.lines() {
                 serde_json::from_str::<Record>(line).unwrap();
             }
@@ -306,13 +317,24 @@ fn checkpoints_protect_against_mixing_runs() {
     assert!(err.contains("checkpoint.json") && err.contains("without --resume"), "{err}");
 }
 
-/// The evolution against random and grid at the same budget on the synthetic fitness (fixed seeds; the
-/// numbers are printed for the report: `cargo test -p longrope-search evolution_vs -- --nocapture`).
+/// The reference's single seed by its formula (`evolution/search.py`: YaRN's ramp, betas 32/1, factors blended
+/// linearly), a stand-in for the registry's `yarn{blend = "factor"}`.
+fn reference_seed(shape: &RopeShape) -> Result<Vec<Seed>> {
+    let d = shape.head_dim as f64;
+    let s = shape.scale();
+    let dim = |rho: f64| d * ((shape.original_max_position_embeddings as f64) / (2.0 * std::f64::consts::PI * rho)).ln() / (2.0 * shape.rope_base.ln());
+    let (lo, hi) = (dim(32.0).floor().max(0.0), dim(1.0).ceil().min(d - 1.0));
+    let factors = (0..shape.head_dim / 2).map(|i| 1.0 + (s - 1.0) * ((i as f64 - lo) / (hi - lo)).clamp(0.0, 1.0)).collect();
+    Ok(vec![Seed { name: "yarn-linear".into(), factors, attn_factor: 1.0 }])
+}
+
+/// The evolution against random and grid at the same budget on the synthetic fitness, `paper` mode (fixed
+/// seeds; the numbers are printed for the report: `cargo test -p longrope-search evolution_vs -- --nocapture`).
 #[test]
 fn evolution_vs_random_and_grid_at_equal_budget() {
     let evo = "strategy = \"evolution\"\npopulation_size = 16\niterations = 10\nmutation_numbers = 4\n\
                crossover_size = 4\nparents_size = 8";
-    for space in ["kind = \"dim_mono\"", "kind = \"dim_piece_mono\""] {
+    for space in ["mode = \"paper\"\nkind = \"dim_mono\"", "mode = \"paper\"\nkind = \"dim_piece_mono\""] {
         let mut wins = 0;
         let seeds = 0..5u64;
         for seed in seeds.clone() {
@@ -327,7 +349,8 @@ fn evolution_vs_random_and_grid_at_equal_budget() {
                 assert_eq!(s.history.len(), 96);
                 best.push(s.best.fitness);
             }
-            // The evolution never ends worse than its best seed (the seeds are evaluated in generation 0).
+            // The evolution improves on its best seed by at least 0.5% (the synthetic target is not a seed's curve and
+            // lies inside the space, so the improvement is reachable; ending equal to the seed fails).
             let fit = SyntheticFitness::new(&smollm2());
             let space_cfg = file(evo, space);
             let built = space_cfg.build(&smollm2(), &formula_seeds).unwrap().1;
@@ -336,7 +359,7 @@ fn evolution_vs_random_and_grid_at_equal_budget() {
                 .iter()
                 .map(|s| fit.value(&built.space.candidate(&built.space.genome_from_factors(&s.factors, None).unwrap())).unwrap())
                 .fold(f64::INFINITY, f64::min);
-            assert!(best[0] <= best_seed);
+            assert!(best[0] < 0.995 * best_seed, "{space} seed {seed}: evolution {} vs best seed {best_seed}", best[0]);
             println!(
                 "{space} seed {seed}: best seed {best_seed:.4}  evolution {:.4}  random {:.4}  grid {:.4}",
                 best[0], best[1], best[2]
@@ -347,9 +370,47 @@ fn evolution_vs_random_and_grid_at_equal_budget() {
         // Measured, not forced: in dim_mono the evolution beats random on every seed; in dim_piece_mono at
         // this small budget it does not (random's sorted draws already make ramps close to the target, the
         // evolution's boundaries move slowly from the seeds): reported in docs/search.md, not asserted.
-        if space == "kind = \"dim_mono\"" {
+        if space.ends_with("kind = \"dim_mono\"") {
             assert!(wins >= 4, "{space}: evolution beat random in only {wins} of 5 seeds");
         }
+    }
+}
+
+/// `reference` mode (the reference's single YaRN seed, its operators, factors up to 1 + s) on the synthetic
+/// fitness, 16 + 40 x 8 = 336 evaluations (`cargo test -p longrope-search reference_evolution -- --nocapture`):
+/// in `dim_mono` the evolution improves on its seed by at least 5% for every RNG seed (measured 11-13%). In
+/// `dim_piece_mono` it improves for most RNG seeds (measured 4 of 5, 1-9%): the reference's piece operators set
+/// dimensions above `beta` to `s` wherever their coin fires, freeze the last two factors, and `beta` walks up
+/// from 0 by `N(0, 2)` steps, so mutations of the seed are mostly PI-like and worse.
+#[test]
+fn reference_evolution_improves_on_its_seed() {
+    let evo = "strategy = \"evolution\"\npopulation_size = 16\niterations = 40\nmutation_numbers = 4\n\
+               crossover_size = 4\nparents_size = 8";
+    for space in ["kind = \"dim_mono\"", "kind = \"dim_piece_mono\""] {
+        let mut improved = 0;
+        for seed in 0..5u64 {
+            let mut f = file(evo, space);
+            f.seed = seed;
+            assert_eq!(f.space.mode, crate::SearchMode::Reference);
+            let shape = f.shape().unwrap();
+            let (strategy, ctx) = f.build(&shape, &reference_seed).unwrap();
+            assert_eq!(ctx.space.max_factor, 3.0);
+            let seed_fitness = SyntheticFitness::new(&shape)
+                .value(&ctx.space.candidate(&ctx.space.genome_from_factors(&ctx.seeds[0].factors, None).unwrap()))
+                .unwrap();
+            let mut fit = SyntheticFitness::new(&shape);
+            let out = tmp("reference-evo");
+            let s = finished(Driver::new(strategy, &mut fit, shape.clone(), f.meta(&shape), DriverOptions::new(&out)).run().unwrap());
+            std::fs::remove_dir_all(&out).ok();
+            assert_eq!(s.history[0].fitness, seed_fitness, "the seed is evaluated first");
+            println!("reference {space} seed {seed}: seed {seed_fitness:.4}  evolution {:.4}", s.best.fitness);
+            if space.ends_with("\"dim_mono\"") {
+                assert!(s.best.fitness < 0.95 * seed_fitness, "{space} seed {seed}: {} vs seed {seed_fitness}", s.best.fitness);
+            }
+            improved += usize::from(s.best.fitness < seed_fitness);
+        }
+        println!("reference {space}: improved on the seed for {improved} of 5 RNG seeds");
+        assert!(improved >= 3, "{space}: the evolution improved on its seed for only {improved} of 5 RNG seeds");
     }
 }
 
@@ -371,17 +432,26 @@ fn shipped_configs_parse() {
                 assert_eq!(f.strategy.budget(), 16);
                 assert_eq!((shape.original_max_position_embeddings, shape.max_position_embeddings), (8192, 16384));
                 assert_eq!(f.fitness.documents, 1);
+                assert_eq!(f.space.mode, crate::SearchMode::Paper);
                 assert!(f.model.as_ref().unwrap().path.ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"));
             }
             Some("longrope-paper.toml") => {
                 assert_eq!(f.strategy.budget(), 1344);
                 assert_eq!(f.space.step, 0.01);
-                assert_eq!(f.space.seeds, vec!["pi", "ntk", "yarn"]);
+                assert_eq!(f.space.mode, crate::SearchMode::Paper);
+                assert_eq!(f.space.seed_specs(None), vec!["pi", "ntk", "yarn"]);
+            }
+            Some("longrope-reference.toml") => {
+                assert_eq!(f.strategy.budget(), 1344);
+                assert_eq!(f.space.mode, crate::SearchMode::Reference);
+                assert_eq!(f.space.seed_specs(Some("llama")), vec!["yarn{blend = \"factor\"}"]);
+                assert_eq!(f.fitness.dataset_min_tokens, Some(131072));
+                assert_eq!(crate::SearchSpace::new(&f.space, &shape).unwrap().max_factor, 5.0);
             }
             _ => {}
         }
     }
-    assert!(n >= 2);
+    assert!(n >= 3);
 }
 
 #[test]
@@ -443,15 +513,17 @@ fn run_named(f: &SearchFile, out: &Path) -> Summary {
 fn seeds_are_reported_and_search_dirs_compare() {
     use crate::compare::{best_seed, compare_markdown, SearchRun};
 
-    // Evolution evaluates its seeds in generation 0: their fitness is the history's, and the best is no worse.
+    // Evolution evaluates its seeds in generation 0: their fitness is the history's; the best is the history's
+    // minimum, and it improves on every seed.
     let evo_dir = tmp("compare-evo");
     let evo = run_named(&file(SMALL_EVOLUTION, "kind = \"dim_mono\""), &evo_dir);
     assert_eq!(evo.seeds.len(), 3);
-    for s in &evo.seeds {
-        let i = s.index.expect("evolution evaluates its seeds");
-        assert_eq!(evo.history[i].candidate, s.candidate);
-        assert_eq!(s.fitness, Some(evo.history[i].fitness));
-        assert!(evo.best.fitness <= s.fitness.unwrap());
+    assert_eq!(evo.best.fitness, evo.history.iter().map(|r| r.fitness).fold(f64::INFINITY, f64::min));
+    for (k, s) in evo.seeds.iter().enumerate() {
+        assert_eq!(s.index, Some(k), "seed {} is evaluated in generation 0, in order", s.name);
+        assert_eq!(evo.history[k].candidate, s.candidate);
+        assert_eq!(s.fitness, Some(evo.history[k].fitness));
+        assert!(evo.best.fitness < s.fitness.unwrap(), "{} vs seed {:?}", evo.best.fitness, s);
     }
     // Random draws sorted uniform points: it names the same seeds but does not evaluate them.
     let mut f = file(SMALL_EVOLUTION, "kind = \"dim_mono\"");

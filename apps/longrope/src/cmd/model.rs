@@ -56,6 +56,9 @@ fn info(args: InfoArgs) -> Result<()> {
     println!("vocab            {}", s.vocab_size);
     println!("rope base        {}", s.rope_base);
     println!("trained context  {}", s.max_position_embeddings);
+    if s.original_context() != s.max_position_embeddings {
+        println!("RoPE original L  {} (the sliding window: LongRoPE's rule)", s.original_context());
+    }
     if let Some(w) = s.sliding_window {
         println!("sliding window   {w}");
     }
@@ -79,7 +82,7 @@ pub fn load_model(
 /// `target` (default: the model's trained context).
 pub fn schedule(model: &dyn LanguageModel, scaling: Option<&str>, target: Option<usize>) -> Result<RopeSchedule> {
     let s = model.summary();
-    let shape = s.rope_shape(target.unwrap_or(s.max_position_embeddings));
+    let shape = s.rope_shape(target.unwrap_or(s.original_context()));
     let spec = scaling.unwrap_or("none");
     let config = load_scaling_config(spec).with_context(|| format!("--scaling {spec}"))?;
     RopeSchedule::new(config.as_ref(), shape).with_context(|| format!("--scaling {spec}"))
@@ -88,6 +91,6 @@ pub fn schedule(model: &dyn LanguageModel, scaling: Option<&str>, target: Option
 /// The model's own RoPE tables for every layer (no scaling).
 pub fn original_tables(model: &dyn LanguageModel) -> LayerTables {
     let s = model.summary();
-    let t = Arc::new(longrope_core::RopeTables::original(&s.rope_shape(s.max_position_embeddings)));
+    let t = Arc::new(longrope_core::RopeTables::original(&s.rope_shape(s.original_context())));
     LayerTables { layers: vec![t; s.num_layers] }
 }

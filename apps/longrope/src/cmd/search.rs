@@ -45,7 +45,11 @@ pub struct Args {
     /// Search space: `dim_mono` or `dim_piece_mono`.
     #[arg(long, value_name = "KIND")]
     space: Option<String>,
-    /// Largest factor (default 1.25 s).
+    /// `reference` (microsoft/LongRoPE's code: its YaRN seed, 1 + s, its operators) or `paper` (PI/NTK/YaRN seeds,
+    /// 1.25 s).
+    #[arg(long, value_name = "MODE")]
+    mode: Option<String>,
+    /// Largest factor (default 1 + s in reference mode, 1.25 s in paper mode).
     #[arg(long, value_name = "X")]
     max_factor: Option<f64>,
     /// Also search the retained start tokens n_hat.
@@ -103,6 +107,10 @@ fn load(args: &Args) -> Result<SearchFile> {
             other => bail!("--space {other}: expected `dim_mono` or `dim_piece_mono`"),
         };
     }
+    if let Some(mode) = &args.mode {
+        file.space.mode = serde_json::from_value(serde_json::Value::from(mode.as_str()))
+            .with_context(|| format!("--mode {mode}: expected `reference` or `paper`"))?;
+    }
     if args.max_factor.is_some() {
         file.space.max_factor = args.max_factor;
     }
@@ -142,7 +150,7 @@ pub fn run(args: Args) -> Result<()> {
         other => bail!("--fitness {other}: expected `model` or `synthetic`"),
     };
     let (strategy, ctx) = file
-        .build(&shape, &file.registry_seeds())
+        .build(&shape, &file.registry_seeds(None))
         .with_context(|| format!("building the `{strategy_name}` search from {}", args.config.display()))?;
     let mut meta = file.meta(&shape);
     meta["fitness_kind"] = serde_json::Value::from(args.fitness.clone());
@@ -210,20 +218,22 @@ fn run_model(args: &Args, file: SearchFile, out: PathBuf, strategy_name: String)
         }
     };
     let mut shape = None;
+    let mut arch = None;
     let mut fitness = ParallelFitness::new(file.workers, |w| {
         let model = load_model(&section.path, &device_of(w), &dtype, None)
             .map_err(|e| longrope_search::SearchError::Fitness(format!("{e:#}")))?;
         let docs = fitness_docs(&file, model.tokenizer(), &args.config)
             .map_err(|e| longrope_search::SearchError::Fitness(format!("{e:#}")))?;
-        let evaluator = fitness_evaluator_config(&file.fitness)?;
+        let evaluator = fitness_evaluator_config(&file.fitness, file.target_length)?;
         evaluator.build()?;
         let s = model.summary().rope_shape(file.target_length);
         shape = Some(s.clone());
+        arch = Some(model.summary().arch.clone());
         Ok(ModelWorker { model, evaluator, docs, shape: s })
     })?;
     let shape = shape.context("no fitness worker")?;
     let (strategy, ctx) = file
-        .build(&shape, &file.registry_seeds())
+        .build(&shape, &file.registry_seeds(arch.as_deref()))
         .with_context(|| format!("building the `{strategy_name}` search from {}", args.config.display()))?;
     let mut meta = file.meta(&shape);
     meta["fitness_kind"] = serde_json::Value::from("model");

@@ -170,17 +170,9 @@ fn greedy_generation_rebuilds_cache_when_tables_change() {
 
 // ---------------------------------------------------------------- SmolLM2 (real GGUF) ----------------------
 
-fn smollm2_f32() -> Option<&'static Mutex<Box<dyn LanguageModel>>> {
-    static MODEL: OnceLock<Option<Mutex<Box<dyn LanguageModel>>>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| match common::smollm2() {
-            Some(p) => Some(Mutex::new(load(&p, Kind::Float))),
-            None => {
-                eprintln!("SmolLM2 GGUF not fetched: skipping (run `make assets`)");
-                None
-            }
-        })
-        .as_ref()
+fn smollm2_f32() -> &'static Mutex<Box<dyn LanguageModel>> {
+    static MODEL: OnceLock<Mutex<Box<dyn LanguageModel>>> = OnceLock::new();
+    MODEL.get_or_init(|| Mutex::new(load(&common::smollm2(), Kind::Float)))
 }
 
 fn smollm2_doc() -> serde_json::Value {
@@ -189,8 +181,7 @@ fn smollm2_doc() -> serde_json::Value {
 
 #[test]
 fn smollm2_logits_and_nll_equal_hf() {
-    let Some(model) = smollm2_f32() else { return };
-    let model = model.lock().unwrap();
+    let model = smollm2_f32().lock().unwrap();
     let g = golden("smollm2_golden.safetensors");
     let ids = g["input_ids"].unsqueeze(0);
     assert_eq!(ids.size()[1], 200);
@@ -209,8 +200,7 @@ fn smollm2_logits_and_nll_equal_hf() {
 
 #[test]
 fn smollm2_tokenizer_ids_equal_hf() {
-    let Some(model) = smollm2_f32() else { return };
-    let model = model.lock().unwrap();
+    let model = smollm2_f32().lock().unwrap();
     let tok = model.tokenizer();
     for case in smollm2_doc()["tokenizer_cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
@@ -223,8 +213,7 @@ fn smollm2_tokenizer_ids_equal_hf() {
 
 #[test]
 fn smollm2_greedy_20_tokens_equal_hf() {
-    let Some(model) = smollm2_f32() else { return };
-    let model = model.lock().unwrap();
+    let model = smollm2_f32().lock().unwrap();
     let doc = smollm2_doc();
     let g = &doc["greedy"];
     let prompt = model.tokenizer().encode(g["prompt"].as_str().unwrap(), false).unwrap().get_ids().to_vec();
@@ -239,11 +228,11 @@ fn smollm2_greedy_20_tokens_equal_hf() {
 
 #[test]
 fn smollm2_bf16_nll_within_one_percent_of_f32() {
-    let Some(path) = common::smollm2() else { return };
+    let path = common::smollm2();
     let g = golden("smollm2_golden.safetensors");
     let ids = ids_of(&g["input_ids"]);
     let f32_nll = {
-        let m = smollm2_f32().unwrap().lock().unwrap();
+        let m = smollm2_f32().lock().unwrap();
         m.nll(&ids, &original(m.as_ref()), 0).unwrap().mean()
     };
     let bf16 = load(&path, Kind::BFloat16);
@@ -258,7 +247,7 @@ fn smollm2_bf16_nll_within_one_percent_of_f32() {
 
 #[test]
 fn model_info_reports_smollm2() {
-    let Some(path) = common::smollm2() else { return };
+    let path = common::smollm2();
     let out = common::longrope(&["model", "info", path.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -373,11 +362,9 @@ fn model_info_on_bad_files_names_file_and_problem() {
     assert!(err.contains("truncated"), "{err}");
     let err = info_error(&write("cut-data.gguf", &full[..full.len() - 64]));
     assert!(err.contains("truncated") && err.contains("token_embd.weight"), "{err}");
-    if let Some(real) = common::smollm2() {
-        let bytes = std::fs::read(real).unwrap();
-        let err = info_error(&write("smollm2-cut.gguf", &bytes[..bytes.len() / 2]));
-        assert!(err.contains("truncated"), "{err}");
-    }
+    let bytes = std::fs::read(common::smollm2()).unwrap();
+    let err = info_error(&write("smollm2-cut.gguf", &bytes[..bytes.len() / 2]));
+    assert!(err.contains("truncated"), "{err}");
     let err = info_error(&dir.join("missing.gguf"));
     assert!(err.contains("No such file"), "{err}");
     std::fs::remove_dir_all(&dir).ok();

@@ -37,10 +37,12 @@ pub fn assets() -> PathBuf {
     std::env::var_os("LONGROPE_ASSETS").map(PathBuf::from).unwrap_or_else(|| root().join(".cache/assets"))
 }
 
-/// The default real model (SmolLM2-135M-Instruct Q4_1 GGUF), if the assets were fetched.
-pub fn smollm2() -> Option<PathBuf> {
+/// The default real model (SmolLM2-135M-Instruct Q4_1 GGUF). Its absence is a failure, never a skip: CI fetches
+/// it (`make assets`), and a test that passes without its input proves nothing.
+pub fn smollm2() -> PathBuf {
     let p = assets().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    p.exists().then_some(p)
+    assert!(p.exists(), "{} is missing: run `make assets` (scripts/setup.sh assets) or set LONGROPE_ASSETS", p.display());
+    p
 }
 
 /// Path of a workspace `cdylib` (`lib<name>.so` on Linux), e.g. `cdylib("longrope_plugin_powerlaw")`.

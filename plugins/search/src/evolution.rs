@@ -1,8 +1,9 @@
 //! LongRoPE's evolutionary search of per-dimension rescale factors (arXiv 2402.13753, Sec. 3.2, Alg. 1;
-//! reference `microsoft/LongRoPE` `evolution/algorithms/genetic_base.py`).
+//! reference `microsoft/LongRoPE@c9e56aa` `evolution/algorithms/genetic_base.py`).
 //!
-//! Generation 0 is the initial population of `population_size` candidates: the seeds (PI, NTK and YaRN
-//! factors, as the paper says) and mutations around them, taken from the seeds in turn. Each following
+//! Generation 0 is the initial population of `population_size` candidates: the seeds (in `reference` mode the
+//! reference's one YaRN seed, in `paper` mode PI, NTK and YaRN, as the paper says) and mutations around them,
+//! taken from the seeds in turn (with one seed: all of it, as `genetic_base.py:235-242` does). Each following
 //! generation (`iterations` of them) keeps the `parents_size` fittest of the population as parents and adds
 //! `mutation_numbers` mutations of uniformly drawn parents and `crossover_size` crossovers of two distinct
 //! parents (a crossover that finds no new child falls back to mutating its first parent, as the reference

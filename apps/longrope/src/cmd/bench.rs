@@ -106,6 +106,7 @@ fn per_dtype_and_length(
     json: bool,
     mut one: impl FnMut(&dyn LanguageModel, &LayerTables, &[i64]) -> Result<(serde_json::Value, String)>,
 ) -> Result<()> {
+    let _no_grad = tch::no_grad_guard();
     let mut runs = Vec::new();
     for dtype in dtypes {
         let model = load_model(model_path, device, dtype, None)?;

@@ -8,7 +8,9 @@
 //!   unchanged (`none`) writes no block;
 //! - `model.safetensors`: every weight under its HF name in the chosen dtype, LoRA adapters merged;
 //! - `tokenizer.json`, `tokenizer_config.json`, `generation_config.json`;
-//! - `longrope_scaling.toml`: the scaling config the model was trained under.
+//! - `longrope_scaling.toml`: the method as a self-contained `longrope` scaling config equal to the block
+//!   (`factors` = long, `short_factors`, `attention_factor`, `factor`), so `--scaling DIR/longrope_scaling.toml`
+//!   gives the trained tables whatever `--target` is; the config the run was trained under follows as a comment.
 //!
 //! The directory is written as `DIR.tmp` and renamed, so an interrupted export never leaves a half directory.
 
@@ -32,6 +34,31 @@ pub fn rope_scaling_block(method: &dyn PositionScaling, shape: &RopeShape) -> Re
     Ok(Some(hf_rope_scaling(method, shape)?))
 }
 
+/// `longrope_scaling.toml` for an exported block: a `longrope` config with the block's numbers (or `none`
+/// without a block), then the training-time config as comments.
+fn scaling_toml_of(block: Option<&serde_json::Value>, method: &dyn PositionScaling, trained_under: &str) -> String {
+    let mut out = format!("# The RoPE scaling this model was fine-tuned under (`{}`), as the exported config.json computes it.\n", method.name());
+    out.push_str("# Load with: --scaling THIS_FILE (independent of --target).\n# Trained under:\n");
+    for line in trained_under.lines() {
+        out.push_str(&format!("#   {line}\n"));
+    }
+    match block {
+        None => out.push_str("method = \"none\"\n"),
+        Some(b) => {
+            let list = |k: &str| b.get(k).map(|v| v.to_string()).unwrap_or_else(|| "[]".into());
+            let num = |k: &str| b.get(k).and_then(|v| v.as_f64()).map(|v| format!("{v:?}")).unwrap_or_else(|| "1.0".into());
+            out.push_str(&format!(
+                "method = \"longrope\"\nfactors = {}\nshort_factors = {}\nattention_factor = {}\nfactor = {}\n",
+                list("long_factor"),
+                list("short_factor"),
+                num("attention_factor"),
+                num("factor")
+            ));
+        }
+    }
+    out
+}
+
 /// HF's name of a storage dtype.
 fn torch_dtype(kind: Kind) -> &'static str {
     match kind {
@@ -53,6 +80,7 @@ pub fn export_hf(
     out: &Path,
 ) -> Result<PathBuf> {
     let block = rope_scaling_block(method, shape)?;
+    let scaling_file = scaling_toml_of(block.as_ref(), method, scaling_toml);
     lora::merge(dec);
     let mut config = dec.hf_config();
     let doc = config.as_object_mut().ok_or_else(|| TrainError::Checkpoint { path: out.into(), message: "hf_config is not an object".into() })?;
@@ -98,7 +126,7 @@ pub fn export_hf(
         fsio::write_atomic(&tmp.join("tokenizer_config.json"), json(&tok_config).as_bytes())?;
         let gen = serde_json::json!({"bos_token_id": s.bos_token_id, "eos_token_id": s.eos_token_id, "_from_model_config": true});
         fsio::write_atomic(&tmp.join("generation_config.json"), json(&gen).as_bytes())?;
-        fsio::write_atomic(&tmp.join("longrope_scaling.toml"), scaling_toml.as_bytes())?;
+        fsio::write_atomic(&tmp.join("longrope_scaling.toml"), scaling_file.as_bytes())?;
         Ok(())
     };
     if let Err(e) = write() {

@@ -117,8 +117,8 @@ pub struct LogRecord {
     pub seconds: f64,
     /// Throughput of the step.
     pub tokens_per_s: f64,
-    /// Whether the step's micro-batches were short windows with the original RoPE (mixed training).
-    pub short: bool,
+    /// Tokens of the step trained as short windows with the original RoPE (mixed context windows).
+    pub short_tokens: usize,
 }
 
 /// `OUT/finetune.json`: what was trained, on what, under which method.
@@ -495,7 +495,7 @@ impl<'m> Trainer<'m> {
             tokens_seen: self.state.tokens_seen,
             seconds,
             tokens_per_s: tokens as f64 / seconds,
-            short: batches.iter().all(|b| b.short),
+            short_tokens: batches.iter().filter(|b| b.short).map(|b| b.rows * b.len).sum(),
         })
     }
 

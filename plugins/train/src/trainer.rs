@@ -216,14 +216,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Peak resident set size of this process in MiB (`VmHWM`), if readable.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 impl<'m> Trainer<'m> {
     /// Bind `model` (loaded in [`Finetune::compute_dtype`]) to `spec`: check the scaling against the model
     /// (and that it can be exported), read and pack the data, attach LoRA, choose the trainable weights, set
@@ -355,6 +347,11 @@ impl<'m> Trainer<'m> {
     /// What is being trained.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        self.model.tokenizer()
     }
 
     /// The state of the run (step, data position ...).
@@ -603,7 +600,7 @@ impl<'m> Trainer<'m> {
             wall_seconds: self.state.wall_seconds,
             first_loss,
             last_loss,
-            peak_rss_mib: peak_rss_mib(),
+            peak_rss_mib: longrope_core::device::peak_rss_mib(),
             export_dir,
         }))
     }

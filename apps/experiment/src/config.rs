@@ -686,7 +686,8 @@ impl Experiment {
             };
             let model_table = recipe.entry("model").or_insert_with(|| toml::Value::Table(toml::Table::new()));
             let model_table = model_table.as_table_mut().ok_or_else(|| err(format!("{what}: `model` in the recipe must be a table")))?;
-            model_table.insert("path".into(), toml::Value::String(base.path.display().to_string()));
+            let base_path = std::path::absolute(&base.path).unwrap_or_else(|_| base.path.clone());
+            model_table.insert("path".into(), toml::Value::String(base_path.display().to_string()));
             let spec = FinetuneSpec {
                 name: f.name.clone(),
                 model: model.clone(),

@@ -316,3 +316,21 @@ fn bad_finetune_configs_are_refused_before_any_compute_naming_file_and_field() {
         assert!(!out_dir.join("train_log.jsonl").exists() || std::fs::read_to_string(out_dir.join("train_log.jsonl")).unwrap().is_empty(), "{to}: nothing trained");
     }
 }
+
+#[test]
+fn bench_train_compares_dtypes_on_the_same_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_finetune(dir.path(), 10, "");
+    let config = dir.path().join("ft.toml");
+    let out = common::longrope(&["bench", "train", "--config", config.to_str().unwrap(), "--steps", "3", "--dtypes", "f32,bf16", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs.iter().map(|r| r["dtype"].as_str().unwrap()).collect::<Vec<_>>(), ["f32", "bf16"]);
+    assert!(runs[0]["max_rel_loss_diff_vs_first"].is_null());
+    let diff = runs[1]["max_rel_loss_diff_vs_first"].as_f64().unwrap();
+    assert!(diff > 0.0 && diff < 0.05, "bf16 follows f32 closely on 3 steps of the tiny model: {diff}");
+    for r in &runs {
+        assert_eq!(r["losses"].as_array().unwrap().len(), 3);
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -111,7 +111,7 @@ fn parse_choice<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Resu
 }
 
 fn evaluator_config(name: &str, args: &Args) -> Result<Box<dyn EvaluatorConfig>> {
-    if name.ends_with(".toml") || Path::new(name).exists() {
+    if name.ends_with(".toml") || Path::new(name).is_file() {
         let text = std::fs::read_to_string(name).with_context(|| format!("reading {name}"))?;
         return Ok(parse_evaluator_toml(&text, name)?);
     }

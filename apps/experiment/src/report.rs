@@ -195,6 +195,19 @@ fn length_header(l: usize, trained: Option<usize>) -> String {
     }
 }
 
+/// The header and alignment rows of a table with one column per length.
+fn lengths_table_header(md: &mut String, first: &str, lengths: &[usize], trained: Option<usize>) {
+    let _ = write!(md, "| {first} |");
+    for &l in lengths {
+        let _ = write!(md, " {} |", length_header(l, trained));
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in lengths {
+        let _ = write!(md, "---:|");
+    }
+    let _ = writeln!(md);
+}
+
 fn trained_of(r: &Results, model: &str) -> Option<usize> {
     r.cells.iter().find(|c| c.model == model).map(|c| c.trained_context)
 }
@@ -295,15 +308,7 @@ pub fn markdown(r: &Results, plots: &std::result::Result<Vec<String>, String>) -
             if r.models.len() > 1 {
                 let _ = writeln!(md, "### {}\n", mi.name);
             }
-            let _ = write!(md, "| method |");
-            for &l in &lengths {
-                let _ = write!(md, " {} |", length_header(l, trained));
-            }
-            let _ = write!(md, "\n|---|");
-            for _ in &lengths {
-                let _ = write!(md, "---:|");
-            }
-            let _ = writeln!(md);
+            lengths_table_header(&mut md, "method", &lengths, trained);
             for me in &methods {
                 let _ = write!(md, "| {me} |");
                 for &l in &lengths {
@@ -427,15 +432,8 @@ fn finetune_section(md: &mut String, r: &Results, plots: &std::result::Result<Ve
         }
         let trained = rows.first().and_then(|(f, _)| trained_of(r, &f.model));
         let _ = writeln!(md, "### {}: before -> after fine-tuning\n", metric_title(&ev));
-        let _ = write!(md, "| fine-tune (method) |");
-        for &l in &lengths {
-            let _ = write!(md, " {} |", length_header(l, trained));
-        }
-        let _ = write!(md, "\n|---|");
-        for _ in &lengths {
-            let _ = write!(md, "---:|");
-        }
-        let _ = writeln!(md);
+        let lengths: Vec<usize> = lengths.into_iter().collect();
+        lengths_table_header(md, "fine-tune (method)", &lengths, trained);
         for (f, pairs) in rows {
             let _ = write!(md, "| {} ({}) |", f.name, f.method);
             for l in &lengths {

@@ -16,32 +16,17 @@ use tch::{Kind, Tensor};
 
 use crate::error::{ModelError, Result};
 
-fn d_vocab() -> usize {
-    32000
-}
-fn d_hidden() -> usize {
-    4096
-}
-fn d_inter() -> usize {
-    11008
-}
-fn d_layers() -> usize {
-    32
-}
-fn d_heads() -> usize {
-    32
-}
 fn d_eps() -> f64 {
     1e-6
-}
-fn d_max_pos() -> usize {
-    2048
 }
 fn d_act() -> String {
     "silu".into()
 }
 
-/// `config.json` as written by HF transformers (Llama / Mistral family), with HF's defaults.
+/// `config.json` as written by HF transformers (Llama / Mistral family), with HF's defaults for the optional
+/// fields. The sizes (`vocab_size`, `hidden_size`, `intermediate_size`, `num_hidden_layers`,
+/// `num_attention_heads`, `max_position_embeddings`) have no default here: transformers writes them, and a file
+/// without one is refused naming it ([`HfConfig::size`]) rather than read as Llama-7B's.
 #[derive(Debug, Clone, Deserialize)]
 pub struct HfConfig {
     /// `llama`, `mistral` ...
@@ -51,20 +36,20 @@ pub struct HfConfig {
     #[serde(default)]
     pub architectures: Vec<String>,
     /// Vocabulary size.
-    #[serde(default = "d_vocab")]
-    pub vocab_size: usize,
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
     /// Hidden size.
-    #[serde(default = "d_hidden")]
-    pub hidden_size: usize,
+    #[serde(default)]
+    pub hidden_size: Option<usize>,
     /// MLP inner size.
-    #[serde(default = "d_inter")]
-    pub intermediate_size: usize,
+    #[serde(default)]
+    pub intermediate_size: Option<usize>,
     /// Number of layers.
-    #[serde(default = "d_layers")]
-    pub num_hidden_layers: usize,
+    #[serde(default)]
+    pub num_hidden_layers: Option<usize>,
     /// Attention heads.
-    #[serde(default = "d_heads")]
-    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_attention_heads: Option<usize>,
     /// KV heads (defaults to `num_attention_heads`).
     #[serde(default)]
     pub num_key_value_heads: Option<usize>,
@@ -84,8 +69,8 @@ pub struct HfConfig {
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
     /// Trained context.
-    #[serde(default = "d_max_pos")]
-    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub max_position_embeddings: Option<usize>,
     /// Whether `lm_head` shares the embedding.
     #[serde(default)]
     pub tie_word_embeddings: bool,
@@ -113,8 +98,15 @@ impl HfConfig {
     /// Read `DIR/config.json`.
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io { path: path.clone(), source: e })?;
-        serde_json::from_str(&text).map_err(|e| ModelError::config(&path, "config.json", e.to_string()))
+        let text = read_json_text(&path)?;
+        serde_json::from_str(&text).map_err(|e| ModelError::corrupt(&path, format!("not a valid config.json: {e}")))
+    }
+
+    /// A required size field of `config.json` (`path`), or an error naming it.
+    pub fn size(path: &Path, field: &str, value: Option<usize>) -> Result<usize> {
+        value.ok_or_else(|| {
+            ModelError::config(path, field, "missing; the model's sizes must be given (no default is assumed)")
+        })
     }
 
     /// The architecture plugin name: `model_type`, else derived from `architectures[0]` (`MistralForCausalLM`
@@ -144,6 +136,15 @@ impl HfConfig {
     }
 }
 
+/// Read a JSON file of a checkpoint (regular file, bounded size); errors name the file once.
+fn read_json_text(path: &Path) -> Result<String> {
+    longrope_core::files::read_text(path, longrope_core::files::MAX_CONFIG_BYTES).map_err(|e| match e {
+        longrope_core::Error::Io { path, source } => ModelError::Io { path, source },
+        longrope_core::Error::Config { message, .. } => ModelError::corrupt(path, message),
+        other => ModelError::corrupt(path, other.to_string()),
+    })
+}
+
 /// A token id field that may be a number or a list of numbers.
 pub fn token_id(v: &Option<serde_json::Value>) -> Option<u32> {
     match v {
@@ -158,7 +159,7 @@ pub fn token_id(v: &Option<serde_json::Value>) -> Option<u32> {
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::Io { path: index.clone(), source: e })?;
+        let text = read_json_text(&index)?;
         let doc: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| ModelError::config(&index, "index", e.to_string()))?;
         let map = doc
@@ -174,7 +175,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.exists() {
         return Ok(vec![single]);
     }
-    Err(ModelError::MissingTensor { path: dir.to_path_buf(), name: "model.safetensors (or its index)".into() })
+    Err(ModelError::MissingWeights { path: dir.to_path_buf() })
 }
 
 /// All tensors of the safetensors files (on CPU, in their stored dtype) and the set of stored dtypes.

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ExperimentError, Result};
 use crate::plots;
-use crate::runner::{file_stem, write_atomic, CellResult, SearchResult};
+use crate::runner::{file_stem, CellResult, SearchResult};
+use longrope_core::files::write_atomic;
 
 /// A model of the experiment, with its summary once it has been loaded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

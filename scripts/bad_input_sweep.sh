@@ -171,6 +171,12 @@ case_ "ppl --lengths 64,64" err "--lengths|64 appears more than once" "" -- $ppl
 case_ "ppl --lengths 0" err "--lengths" "" -- $ppl --lengths 0 --out rx
 case_ "ppl --lengths 1e11" err "--lengths" "" -- $ppl --lengths 100000000000 --out rx
 case_ "ppl --target 0" err "--target" "" -- $ppl --lengths 64 --target 0 --out rx
+case_ "ppl --samples 0" err "samples" "" -- $ppl --lengths 64 --samples 0 --out rx
+case_ "ppl --sliding-window 1e11" err "ppl.sliding_window" "" -- $ppl --lengths 64 --sliding-window 100000000000 --out rx
+case_ "passkey --samples 1e11" err "passkey.samples" "" -- "$L" passkey --model model --lengths 512 --samples 100000000000 --out rx
+case_ "generate --max-new-tokens 1e11" err "--max-new-tokens" "" -- "$L" generate --model model --prompt hi --max-new-tokens 100000000000
+case_ "bench forward --lengths 1e11" err "--lengths" "" -- "$L" bench forward --model model --lengths 100000000000
+case_ "passkey --depths 2" err "passkey.depths" "" -- "$L" passkey --model model --lengths 512 --depths 2 --out rx
 sed 's/target_length = 512/target_length = 0/' s.toml > s0.toml
 case_ "search target_length = 0" err "s0.toml|target_length" "" -- "$L" search --config s0.toml --out sx --no-progress
 sed 's/target_length = 512/target_length = 100000000000/' s.toml > s1.toml

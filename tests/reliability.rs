@@ -275,6 +275,9 @@ fn absurd_values_are_refused_naming_the_file_and_the_field() {
     let exp = s.experiment("target = 512", "[64, 128, 64]");
     refused(&s.run(&["run", exp.to_str().unwrap(), "--check"]), &["exp.toml", "lengths", "64 appears more than once"]);
     refused(&s.run(&["ppl", "--model", "model", "--data", "corpus.txt", "--lengths", "64,64", "--out", "o"]), &["--lengths", "64 appears more than once"]);
+    // Counts that sized an allocation aborted the process.
+    refused(&s.run(&["passkey", "--model", "model", "--lengths", "512", "--samples", "100000000000", "--out", "o"]), &["passkey.samples"]);
+    refused(&s.run(&["generate", "--model", "model", "--prompt", "hi", "--max-new-tokens", "100000000000"]), &["--max-new-tokens"]);
     // A config.json with an absurd size names the file and the field instead of complaining about a tensor.
     std::fs::create_dir(s.path("hd")).unwrap();
     for f in ["model.safetensors", "tokenizer.json"] {

@@ -24,6 +24,9 @@ pub const MAX_LAYERS: usize = 1 << 12;
 pub const MAX_ROPE_BASE: f64 = 1e12;
 /// Largest attention factor `m` (cos and sin are multiplied by it; logits by `m^2`): 100.
 pub const MAX_ATTN_FACTOR: f64 = 100.0;
+/// Most documents or samples one evaluator entry may ask for per length: 2^20 (the per-sample results of a
+/// larger count would not fit in memory; evaluations use 1 to 1000).
+pub const MAX_SAMPLES: usize = 1 << 20;
 /// Smallest inverse frequency a table may hold: `f32::MIN_POSITIVE` (below it the model's `f32` angles are 0
 /// or subnormal and the dimension silently stops rotating).
 pub const MIN_INV_FREQ: f64 = f32::MIN_POSITIVE as f64;

@@ -115,6 +115,7 @@ impl EvaluatorConfig for PasskeyConfig {
         if self.samples == 0 {
             return Err(Error::invalid("passkey.samples", "must be positive"));
         }
+        longrope_core::limits::int_in("passkey.samples", self.samples, 1, longrope_core::limits::MAX_SAMPLES, "samples per length")?;
         if let Some(d) = &self.depths {
             if d.is_empty() || d.iter().any(|x| !(0.0..=1.0).contains(x)) {
                 return Err(Error::invalid("passkey.depths", format!("must be a non-empty list of values in [0, 1], got {d:?}")));

@@ -7,8 +7,11 @@
 #
 # Uses only the tiny random Llama in tests/fixtures and small generated texts (a few seconds per case on CPU).
 # Prints one line per case and a summary; exits 1 if any case did not end as expected. WORK=DIR keeps the
-# scratch files (default: a temporary directory, removed at the end).
+# scratch files (default: a temporary directory, removed at the end). Every case runs under an address-space
+# limit (SWEEP_VMEM_KB, default 4000000 = 4 GB; `unlimited` to lift it), so a binary that reads without bound
+# (e.g. `--data /dev/zero` before the fix) fails fast instead of exhausting the machine's memory.
 set -uo pipefail
+ulimit -v "${SWEEP_VMEM_KB:-4000000}" || exit 2
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$(realpath "${1:-$ROOT/target/debug/longrope}")"
 [ -x "$BIN" ] || { echo "no binary at $BIN: run cargo build --workspace" >&2; exit 2; }
@@ -217,6 +220,25 @@ mkfifo fifo.txt
 case_ "--data a FIFO is refused" err "fifo.txt" "" -- "$L" ppl --model model --lengths 64 --out rx --data fifo.txt
 : > empty.txt
 case_ "an empty corpus" err "no document has|longest has 0 tokens" "" -- "$L" ppl --model model --lengths 64 --out rx --data empty.txt
+
+case_ "tokenize --input /dev/zero is refused" err "/dev/zero" "" -- "$L" tokenize --model model --input /dev/zero --out tz
+sed 's|corpus = \["corpus.txt"\]|corpus = ["/dev/zero"]|' exp.toml > zero.toml
+case_ "an experiment corpus of /dev/zero is refused" err "/dev/zero" "" -- "$L" run zero.toml --out zx
+printf 'method = "longrope"\nfactors_file = "/dev/zero"\n' > lr-zero.toml
+case_ "factors_file = /dev/zero is refused" err "/dev/zero" "" -- $ppl --lengths 64 --out rx --scaling lr-zero.toml
+case_ "search --out an experiment dir is refused" err "an experiment run" "cmp ex/results.json ex-results.json || true" -- "$L" search --config s.toml --out ex --no-progress
+cp -r so scorrupt; echo '{"version": 1,' > scorrupt/checkpoint.json
+case_ "resume from a corrupt checkpoint" err "scorrupt/checkpoint.json|corrupt" "" -- "$L" search --config s.toml --out scorrupt --no-progress --resume
+cp -r model trunc-st; head -c 1000 model/model.safetensors > trunc-st/model.safetensors
+case_ "a truncated safetensors file" err "trunc-st/model.safetensors|truncated" "" -- "$L" model info trunc-st
+GGUF="$ROOT/.cache/assets/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ -f "$GGUF" ]; then
+    head -c 1000000 "$GGUF" > trunc.gguf
+    case_ "a truncated GGUF file" err "trunc.gguf|truncated" "" -- "$L" model info trunc.gguf
+fi
+echo '{"results": 3}' > bad-results.json
+case_ "compare on a malformed results.json" err "bad-results.json" "" -- "$L" compare bad-results.json
+case_ "rope --hf-config pointing at a directory" err "model" "" -- "$L" rope --scaling yarn --head-dim 64 --base 10000 --original 256 --target 512 --hf-config model
 
 echo "== 7. messages"
 mkdir -p now; cp model/config.json model/tokenizer.json now/

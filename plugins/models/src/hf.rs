@@ -186,11 +186,18 @@ pub fn read_safetensors(files: &[PathBuf]) -> Result<(HashMap<String, Tensor>, S
         let file = File::open(path).map_err(|e| ModelError::Io { path: path.clone(), source: e })?;
         // SAFETY: read-only map of a checkpoint; tensors are copied out before the map is dropped.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::Io { path: path.clone(), source: e })?;
+        // The first 8 bytes give the header's length: a file shorter than it is cut, not corrupt.
+        let header_len = mmap.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+        let cut_header = header_len.is_some_and(|n| n.saturating_add(8) > mmap.len() as u64);
         let st = SafeTensors::deserialize(&mmap).map_err(|e| match e {
             safetensors::SafeTensorError::MetadataIncompleteBuffer
             | safetensors::SafeTensorError::HeaderTooSmall => {
                 ModelError::Truncated { path: path.clone(), what: e.to_string() }
             }
+            _ if cut_header => ModelError::Truncated {
+                path: path.clone(),
+                what: format!("the header needs {} bytes, the file has {}", header_len.unwrap_or(0) + 8, mmap.len()),
+            },
             other => ModelError::corrupt(path, other.to_string()),
         })?;
         for (name, view) in st.tensors() {

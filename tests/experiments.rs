@@ -56,6 +56,9 @@ fn every_config_under_configs_validates() {
             "search" => {
                 longrope_search::SearchFile::load(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             }
+            "finetune" => {
+                longrope_train::Finetune::load(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            }
             other => panic!("{}: no validation for configs/{other}/: add it to this test", p.display()),
         }
     }
@@ -363,4 +366,115 @@ fn experiment_plugins_are_loaded_before_methods_are_parsed() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("plugins") && err.contains("no-such-lib.so"), "{err}");
+}
+
+/// `[[finetune]]` steps: a base model, a fine-tune under PI and one under the factors of a search, a search
+/// again on a fine-tuned model; the fine-tuned models are evaluated under their method (before -> after in the
+/// report), cached on a re-run, and a training set holding an evaluation document is refused before training.
+#[test]
+fn finetune_steps_produce_models_that_later_steps_evaluate_and_search() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("corpus.txt"), corpus_text()).unwrap();
+    std::fs::write(dir.path().join("train.txt"), corpus_text().replace("heron", "swan").replace("mill", "bridge")).unwrap();
+    let search = |name: &str, model: &str| {
+        format!(
+            "[[search]]\nname = \"{name}\"\nmodel = \"{model}\"\n[search.config]\ntarget_length = 512\n[search.config.fitness]\ndocuments = 1\n\
+             [search.config.strategy]\nstrategy = \"evolution\"\npopulation_size = 3\niterations = 1\nmutation_numbers = 1\ncrossover_size = 0\nparents_size = 2\n"
+        )
+    };
+    let text = format!(
+        r#"name = "tiny-finetune"
+target = 512
+[[model]]
+name = "tiny"
+path = {model:?}
+[data]
+corpus = ["corpus.txt"]
+{s1}
+{s2}
+[[method]]
+name = "none"
+scaling = "none"
+[[method]]
+name = "pi"
+scaling = "pi"
+[[method]]
+name = "searched"
+from_search = "s"
+[[method]]
+name = "searched-again"
+from_search = "s2"
+[[finetune]]
+name = "ft-pi"
+method = "pi"
+[finetune.config]
+data = {{ train = ["train.txt"], seq_len = 64, batch_size = 2 }}
+optim = {{ lr = 1e-3 }}
+train = {{ steps = 4, checkpoint_every = 2 }}
+[[finetune]]
+name = "ft-searched"
+method = "searched"
+[finetune.config]
+data = {{ train = ["train.txt"], seq_len = 64, batch_size = 1, pose = {{ target = 512 }} }}
+train = {{ steps = 3 }}
+lora = {{ rank = 2, alpha = 4.0 }}
+[[eval]]
+evaluator = "ppl"
+lengths = [64, 512]
+[eval.config]
+samples = 1
+truncate = true
+"#,
+        model = common::tiny_llama().display().to_string(),
+        s1 = search("s", "tiny"),
+        s2 = search("s2", "ft-pi"),
+    );
+    let exp = dir.path().join("exp.toml");
+    std::fs::write(&exp, &text).unwrap();
+    let out = dir.path().join("out");
+    let stdout = run_ok(&["run", exp.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let cells: Vec<(String, String, u64)> = results["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["model"].as_str().unwrap().to_string(), c["method"].as_str().unwrap().to_string(), c["length"].as_u64().unwrap()))
+        .collect();
+    let expect = |m: &str, me: &str| [(m.to_string(), me.to_string(), 64), (m.to_string(), me.to_string(), 512)];
+    let expected: Vec<(String, String, u64)> = [
+        expect("tiny", "none"),
+        expect("tiny", "pi"),
+        expect("tiny", "searched"),
+        expect("ft-pi", "pi"),
+        expect("ft-pi", "searched-again"),
+        expect("ft-searched", "searched"),
+    ]
+    .concat();
+    assert_eq!(cells, expected, "{stdout}");
+    let fts = results["finetunes"].as_array().unwrap();
+    assert_eq!(fts.len(), 2);
+    assert_eq!((fts[0]["steps"].as_u64(), fts[0]["lora"].as_bool()), (Some(4), Some(false)));
+    assert_eq!((fts[1]["steps"].as_u64(), fts[1]["lora"].as_bool()), (Some(3), Some(true)));
+    assert_eq!(fts[0]["tokens"].as_u64(), Some(4 * 2 * 64));
+    assert_eq!(results["searches"][1]["model"], "ft-pi", "the second search runs on the fine-tuned model");
+    // The fine-tuned model is a different model: its PI perplexity differs from the base model's.
+    let value = |m: &str, me: &str, l: u64| {
+        results["cells"].as_array().unwrap().iter().find(|c| c["model"] == m && c["method"] == me && c["length"] == l).unwrap()["score"]["value"].as_f64().unwrap()
+    };
+    assert_ne!(value("tiny", "pi", 512), value("ft-pi", "pi", 512));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Fine-tuning") && md.contains("before -> after") && md.contains("| ft-pi (pi) |"), "{md}");
+    for f in fts {
+        let model_dir = out.join(f["dir"].as_str().unwrap()).join("model");
+        assert!(model_dir.join("config.json").exists() && model_dir.join("model.safetensors").exists());
+    }
+    // A re-run trains nothing and computes no cell.
+    let again = run_ok(&["run", exp.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(cached_lines(&again), 12, "{again}");
+    assert_eq!(again.lines().filter(|l| l.starts_with("finetune ") && l.ends_with("(cached)")).count(), 2, "{again}");
+    // Training on an evaluation document is refused before training.
+    std::fs::write(&exp, text.replace("train = [\"train.txt\"], seq_len = 64, batch_size = 2", "train = [\"corpus.txt\"], seq_len = 64, batch_size = 2")).unwrap();
+    let bad = longrope(&["run", exp.to_str().unwrap(), "--out", dir.path().join("bad").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("evaluation document `corpus` is in the training data") && err.contains("held_out"), "{err}");
 }

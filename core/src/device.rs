@@ -152,3 +152,17 @@ mod tests {
         assert!(info.libtorch_lib.is_some(), "libtorch_cpu should be mapped");
     }
 }
+
+/// Peak resident set size of this process in MiB (`VmHWM` of `/proc/self/status`, Linux), if readable.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Reset the peak RSS counter (`5` into `/proc/self/clear_refs`, Linux) so the next [`peak_rss_mib`] is the
+/// peak since now (best effort).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}

@@ -44,6 +44,14 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A method whose tables cannot be expressed as an HF `longrope` block.
+    #[error("cannot export `{method}` as an HF `rope_scaling` longrope block: {reason}")]
+    NotExportable {
+        /// The method.
+        method: String,
+        /// Why not.
+        reason: String,
+    },
     /// An error raised by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -33,13 +33,19 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Sync a directory so that a rename inside it is durable; platforms that cannot open a directory skip it.
-fn sync_dir(path: &Path) {
+/// Sync a directory so that a rename inside it is durable (best effort: platforms or filesystems that cannot
+/// open or sync a directory skip it).
+pub fn sync_dir(dir: &Path) {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Sync the directory holding `path`.
+fn sync_parent(path: &Path) {
     if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        sync_dir(dir);
     }
 }
 
@@ -62,7 +68,7 @@ pub fn write_atomic_stream(path: &Path, write: impl FnOnce(&mut dyn Write) -> st
     })();
     match result {
         Ok(()) => {
-            sync_dir(path);
+            sync_parent(path);
             Ok(())
         }
         Err(e) => {
@@ -88,7 +94,7 @@ pub fn write_atomic_path<E: From<Error>>(path: &Path, write: impl FnOnce(&Path) 
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, e).into());
     }
-    sync_dir(path);
+    sync_parent(path);
     Ok(())
 }
 
@@ -103,6 +109,8 @@ pub enum OutputKind {
     Search,
     /// `longrope tokenize`: `index.json`, `tokens.bin`.
     TokenStore,
+    /// `longrope finetune`: `finetune.json`, `train_log.jsonl`, checkpoints, the exported model.
+    Finetune,
 }
 
 impl OutputKind {
@@ -113,6 +121,7 @@ impl OutputKind {
             OutputKind::Experiment => "an experiment run (experiment.json)",
             OutputKind::Search => "a search (checkpoint.json)",
             OutputKind::TokenStore => "a token store (index.json, tokens.bin)",
+            OutputKind::Finetune => "a fine-tuning run (finetune.json)",
         }
     }
 
@@ -121,6 +130,8 @@ impl OutputKind {
         let has = |f: &str| dir.join(f).exists();
         if has("experiment.json") {
             Some(OutputKind::Experiment)
+        } else if has("finetune.json") || has("train_log.jsonl") {
+            Some(OutputKind::Finetune)
         } else if has("checkpoint.json") || has("history.jsonl") {
             Some(OutputKind::Search)
         } else if has("index.json") || has("tokens.bin") {

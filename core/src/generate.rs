@@ -4,7 +4,8 @@
 //! (`schedule.tables(len)`, `len` = tokens so far). When they differ from the tables the cache was built
 //! with (dynamic methods such as dynamic NTK, LongRoPE's short/long switch at the original context), the
 //! cached keys were rotated with stale frequencies, so the cache is dropped and the whole sequence is
-//! re-prefilled under the new tables. Reusing the stale cache is a known bug of other runtimes.
+//! re-prefilled under the new tables. Reusing the stale cache is a known bug of other runtimes. Decoding runs
+//! without gradient tracking.
 
 use tch::{Kind, Tensor};
 
@@ -24,6 +25,7 @@ pub fn greedy_generate(
     if prompt.is_empty() {
         return Err(Error::invalid("prompt", "greedy generation needs at least one prompt token"));
     }
+    let _no_grad = tch::no_grad_guard();
     let eos = model.summary().eos_token_id;
     let mut seq: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
     let mut new = Vec::with_capacity(max_new_tokens);

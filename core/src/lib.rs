@@ -4,7 +4,8 @@
 //! - [`rope`]: [`RopeShape`], [`RopeContext`] and [`RopeTables`], the plain data a scaling method produces
 //!   and a model consumes (inverse frequencies, attention factor, retained start tokens);
 //! - [`scaling`]: the [`ScalingConfig`] / [`PositionScaling`] traits and the `--scaling` loader;
-//! - [`model`]: the [`ModelArch`] / [`LanguageModel`] traits; [`generate`]: greedy decoding with a KV cache;
+//! - [`model`]: the [`ModelArch`] / [`LanguageModel`] traits and the trainable [`model::Decoder`] view;
+//!   [`nn`]: a linear projection that can carry a LoRA adapter; [`generate`]: greedy decoding with a KV cache;
 //! - [`eval`]: the [`Evaluator`] trait; [`search`]: the [`SearchStrategy`] trait;
 //! - [`registry`]: the static (`inventory`) and dynamic plugin registry;
 //! - [`device`]: libtorch environment (version, threads, CUDA), device and dtype parsing;
@@ -20,6 +21,7 @@ pub mod files;
 pub mod generate;
 pub mod limits;
 pub mod model;
+pub mod nn;
 pub mod registry;
 pub mod rope;
 pub mod scaling;

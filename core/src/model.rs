@@ -1,13 +1,17 @@
-//! Models: the [`ModelArch`] plugin trait (loads a checkpoint) and the [`LanguageModel`] it returns.
+//! Models: the [`ModelArch`] plugin trait (loads a checkpoint), the [`LanguageModel`] it returns, and the
+//! [`Decoder`] view a trainer drives one block at a time.
 //!
 //! A model takes per-layer RoPE tables from the caller ([`LayerTables`]) and never knows which scaling method
 //! made them. The NLL path never materialises `[seq, vocab]` logits: implementations score positions in chunks.
+//! Models never switch gradient tracking themselves: evaluation, generation and search run them under
+//! `tch::no_grad`, training with gradients, on the same blocks.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::nn::Linear;
 use crate::rope::RopeShape;
 use crate::scaling::LayerTables;
 use crate::Result;
@@ -45,6 +49,11 @@ pub struct ModelSummary {
     pub bos_token_id: Option<u32>,
     /// End-of-sequence token id, if any.
     pub eos_token_id: Option<u32>,
+    /// The checkpoint's own RoPE scaling block (`config.json` `rope_scaling` / `rope_parameters`, type other
+    /// than `default`), as written; `None` for a plain checkpoint. It is not applied implicitly: commands ask
+    /// for `--scaling` when it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<serde_json::Value>,
 }
 
 impl ModelSummary {
@@ -127,6 +136,82 @@ pub trait LanguageModel: Send {
     /// (position `p` is scored when it is the predicted token's index and `p >= score_from`, `p >= 1`).
     /// Never materialises `[seq, vocab]` logits.
     fn nll(&self, tokens: &[i64], tables: &LayerTables, score_from: usize) -> Result<NllSum>;
+    /// The trainable view of this model, if its architecture has one.
+    fn decoder(&self) -> Option<&dyn Decoder> {
+        None
+    }
+    /// The trainable view of this model, mutably (to attach adapters), if its architecture has one.
+    fn decoder_mut(&mut self) -> Option<&mut dyn Decoder> {
+        None
+    }
+}
+
+/// Rotary cos/sin of one forward for every layer, in the compute dtype, each `[batch or 1, 1, seq, head_dim]`
+/// (layers whose tables are equal share tensors). Made by [`Decoder::rotary`] from tables and positions.
+#[derive(Debug)]
+pub struct Rotary {
+    /// `cos(position · inv_freq) · attn_factor` per layer, halves repeated (HF's `cat(freqs, freqs)`).
+    pub cos: Vec<Tensor>,
+    /// `sin(position · inv_freq) · attn_factor` per layer.
+    pub sin: Vec<Tensor>,
+}
+
+/// A decoder-only causal LM as a trainer drives it: embedding, one block at a time, final norm, LM head, the
+/// weights by their HF names in a `VarStore`, the projections that can carry adapters, and the checkpoint's
+/// HF config. Every method builds an autograd graph when its weights require gradients and the caller has not
+/// disabled tracking; evaluation's forward uses the same blocks.
+pub trait Decoder: LanguageModel {
+    /// cos/sin for `positions` (`[seq]` or `[batch, seq]`, i64) under per-layer `tables`. Positions need not be
+    /// contiguous (PoSE); positions below a table's `retained.n_hat` use the retained tables.
+    fn rotary(&self, tables: &LayerTables, positions: &Tensor) -> Result<Rotary>;
+    /// Token embeddings `[batch, seq, hidden]` of `tokens` `[batch, seq]` (checked against the vocabulary).
+    fn embed(&self, tokens: &Tensor) -> Result<Tensor>;
+    /// Decoder block `layer` (attention + MLP with their residuals) on `x` `[batch, seq, hidden]`, causal.
+    fn block(&self, layer: usize, x: &Tensor, rotary: &Rotary) -> Result<Tensor>;
+    /// The final normalisation of the trunk.
+    fn final_norm(&self, x: &Tensor) -> Tensor;
+    /// The LM head weight `[vocab, hidden]` (the embedding when tied).
+    fn lm_head(&self) -> &Tensor;
+    /// Every weight by its HF name (`model.layers.0.self_attn.q_proj.weight` ...), adapters included.
+    fn var_store(&self) -> &tch::nn::VarStore;
+    /// The projections that can carry a LoRA adapter, by HF module name (`model.layers.0.self_attn.q_proj`).
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)>;
+    /// An HF `config.json` describing this model (architecture, sizes, RoPE base, trained context, token ids),
+    /// without any `rope_scaling`: the exporter adds the method's block.
+    fn hf_config(&self) -> serde_json::Value;
+
+    /// Final-normed hidden states `[batch, seq, hidden]`: embedding, every block, final norm.
+    fn hidden(&self, tokens: &Tensor, tables: &LayerTables, positions: &Tensor) -> Result<Tensor> {
+        let rotary = self.rotary(tables, positions)?;
+        let mut x = self.embed(tokens)?;
+        for layer in 0..self.summary().num_layers {
+            x = self.block(layer, &x, &rotary)?;
+        }
+        Ok(self.final_norm(&x))
+    }
+}
+
+/// Summed next-token cross-entropy (nats, a scalar f64 tensor with its graph) of `hidden` `[n, hidden]`
+/// predicting `targets` `[n]` (i64) through `head` `[vocab, hidden]`, computed over chunks of `chunk` positions
+/// so no more than `[chunk, vocab]` logits exist at once in the forward (log-softmax in f32, as HF's loss; the
+/// per-token values are summed in f64 so long sequences lose no precision).
+pub fn chunked_nll_sum(hidden: &Tensor, head: &Tensor, targets: &Tensor, chunk: usize) -> Tensor {
+    let n = hidden.size()[0];
+    let chunk = chunk.max(1) as i64;
+    let mut total: Option<Tensor> = None;
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        let logits = hidden.narrow(0, start, len).linear(head, None::<Tensor>).to_kind(Kind::Float);
+        let nll = logits.log_softmax(-1, Kind::Float).gather(1, &targets.narrow(0, start, len).unsqueeze(1), false);
+        let part = -nll.sum(Kind::Double);
+        total = Some(match total {
+            None => part,
+            Some(t) => t + part,
+        });
+        start += len;
+    }
+    total.unwrap_or_else(|| Tensor::zeros([], (Kind::Double, hidden.device())))
 }
 
 /// An architecture plugin: recognises and loads checkpoints of one model family.

@@ -19,6 +19,7 @@ use crate::rope::{RopeContext, RopeShape, RopeTables};
 use crate::{Error, Result};
 
 mod dynamic;
+pub mod hf;
 pub use dynamic::{
     dynamic_scaling, register_dynamic_scaling, DynamicScalingBuilder, DynamicScalingConfig, DYNAMIC_METHOD,
 };

@@ -55,6 +55,10 @@ pub struct ExperimentFile {
     /// `[[search]]`: search steps whose best factors later methods name with `from_search`.
     #[serde(default, rename = "search")]
     pub searches: Vec<SearchEntry>,
+    /// `[[finetune]]`: fine-tunes of a model under a method; each result is a model that evaluations and
+    /// searches name like a `[[model]]`.
+    #[serde(default, rename = "finetune")]
+    pub finetunes: Vec<FinetuneEntry>,
     /// `[[eval]]`: evaluators with their lengths.
     #[serde(rename = "eval")]
     pub evals: Vec<EvalEntry>,
@@ -129,6 +133,26 @@ pub struct SearchEntry {
     /// Another strategy with the same budget (`random`, `grid` baselines).
     #[serde(default)]
     pub strategy: Option<String>,
+}
+
+/// `[[finetune]]`: fine-tune `model` under `method` with a recipe (a `configs/finetune/*.toml` file or an
+/// inline `[finetune.config]`); the experiment sets the recipe's `[model] path`, `scaling` and `target`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneEntry {
+    /// Name of the fine-tuned model (evaluations, `models = [...]` filters and `[[search]] model` use it).
+    pub name: String,
+    /// The `[[model]]` fine-tuned (default: the first).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The `[[method]]` trained under (a plugin, a file, an inline config or `from_search`).
+    pub method: String,
+    /// A fine-tune file (`configs/finetune/*.toml`), relative to the experiment file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// `[finetune.config]`: an inline fine-tune recipe (same layout as the files).
+    #[serde(default)]
+    pub config: Option<toml::Table>,
 }
 
 /// `[[eval]]`: an evaluator at several lengths.
@@ -215,6 +239,36 @@ pub struct SearchSpec {
     pub file: SearchFile,
 }
 
+/// A validated fine-tune step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinetuneSpec {
+    /// The fine-tuned model's name.
+    pub name: String,
+    /// The base `[[model]]`.
+    pub model: String,
+    /// The `[[method]]` trained under.
+    pub method: String,
+    /// The recipe as a TOML table, `[model] path` set to the base model's.
+    pub recipe: toml::Table,
+    /// The directory relative paths of the recipe are resolved from.
+    pub base_dir: PathBuf,
+    /// `EXPERIMENT [[finetune]] NAME`, for errors.
+    pub origin: String,
+}
+
+impl FinetuneSpec {
+    /// The recipe with the method's scaling table and target set, parsed and validated: the fine-tune
+    /// the runner trains.
+    pub fn build(&self, scaling: toml::Table, target: usize) -> longrope_train::Result<longrope_train::Finetune> {
+        let mut t = self.recipe.clone();
+        t.insert("scaling".into(), toml::Value::Table(scaling));
+        t.insert("target".into(), toml::Value::Integer(target as i64));
+        let text = toml::to_string(&t).map_err(|e| longrope_train::TrainError::config(&self.origin, "(recipe)", e.to_string()))?;
+        let file = longrope_train::FinetuneFile::parse(&text, &self.origin)?;
+        longrope_train::Finetune::from_file(file, &self.origin, &self.base_dir)
+    }
+}
+
 /// A validated evaluator entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalSpec {
@@ -264,6 +318,8 @@ pub struct Experiment {
     pub searches: Vec<SearchSpec>,
     /// Evaluator entries.
     pub evals: Vec<EvalSpec>,
+    /// Fine-tune steps, in file order.
+    pub finetunes: Vec<FinetuneSpec>,
 }
 
 /// Set `path` (dotted) in `table` to `value`, creating intermediate tables.
@@ -402,7 +458,15 @@ impl Experiment {
             }
             models.push(ModelEntry { path: p, ..m.clone() });
         }
-        let model_names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+        let loaded_names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+        // Fine-tuned models are named like models by searches and evaluations.
+        let mut model_names = loaded_names.clone();
+        for f in &file.finetunes {
+            if model_names.contains(&f.name) {
+                return Err(err(format!("[[finetune]] name `{}` is already a [[model]] or [[finetune]] name", f.name)));
+            }
+            model_names.push(f.name.clone());
+        }
 
         // Corpus.
         let mut corpus = Vec::new();
@@ -610,7 +674,55 @@ impl Experiment {
             }
             evals.push(spec);
         }
-        Ok(Experiment { path: path.to_path_buf(), file, models, corpus, methods, searches, evals })
+        // Fine-tunes.
+        let mut finetunes = Vec::new();
+        for f in &file.finetunes {
+            let what = format!("[[finetune]] `{}`", f.name);
+            let model = f.model.clone().unwrap_or_else(|| loaded_names[0].clone());
+            let base = models.iter().find(|m| m.name == model).ok_or_else(|| {
+                err(format!("{what}: model `{model}` names no [[model]] (a fine-tune starts from a [[model]]); known models: {}", loaded_names.join(", ")))
+            })?;
+            let method = methods.iter().find(|m| m.name == f.method && m.ablation.is_empty()).ok_or_else(|| {
+                err(format!("{what}: method `{}` names no [[method]]; known methods: {}", f.method, file.methods.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")))
+            })?;
+            let (mut recipe, base_dir) = match (&f.file, &f.config) {
+                (Some(p), None) => {
+                    let p = resolve(&dir, p);
+                    let text = longrope_core::files::read_text(&p, longrope_core::files::MAX_CONFIG_BYTES).map_err(|e| err(format!("{what}: file {e}")))?;
+                    let t: toml::Table = toml::from_str(&text).map_err(|e| err(format!("{what}: {}: {e}", p.display())))?;
+                    (t, p.parent().unwrap_or(Path::new("")).to_path_buf())
+                }
+                (None, Some(t)) => (t.clone(), dir.clone()),
+                _ => return Err(err(format!("{what}: give exactly one of `file` or `[finetune.config]`"))),
+            };
+            let model_table = recipe.entry("model").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let model_table = model_table.as_table_mut().ok_or_else(|| err(format!("{what}: `model` in the recipe must be a table")))?;
+            let base_path = std::path::absolute(&base.path).unwrap_or_else(|_| base.path.clone());
+            model_table.insert("path".into(), toml::Value::String(base_path.display().to_string()));
+            let spec = FinetuneSpec {
+                name: f.name.clone(),
+                model: model.clone(),
+                method: f.method.clone(),
+                recipe,
+                base_dir,
+                origin: format!("{} {what}", path.display()),
+            };
+            // Validate the recipe now with the method's scaling (a searched method's factors come later: its
+            // recipe is checked with `none` and the search's target).
+            let (scaling, target) = match &method.source {
+                MethodSource::Scaling { table, .. } => (table.clone(), method.target.or(file.target)),
+                MethodSource::FromSearch(s) => {
+                    let search = searches.iter().find(|x| &x.name == s).expect("checked with the methods");
+                    (toml::from_str("method = \"none\"").expect("valid"), Some(search.file.target_length))
+                }
+            };
+            let target = target.ok_or_else(|| err(format!("{what}: the method `{}` has no target: set `target` on the [[method]] or the experiment", f.method)))?;
+            if check_files {
+                spec.build(scaling, target).map_err(ExperimentError::Train)?;
+            }
+            finetunes.push(spec);
+        }
+        Ok(Experiment { path: path.to_path_buf(), file, models, corpus, methods, searches, evals, finetunes })
     }
 
     fn check_scaling(table: &toml::Table, base_dir: &Path, origin: &str) -> Result<()> {
@@ -655,10 +767,23 @@ impl Experiment {
         Ok(SearchSpec { name: name.to_string(), base: base.to_string(), model: model.to_string(), file })
     }
 
-    /// The methods an evaluator entry runs (its `methods` filter matches names and ablation bases).
-    pub fn methods_for(&self, eval: &EvalSpec) -> Vec<&MethodSpec> {
+    /// The methods an evaluator entry runs on a model: its `methods` filter (names and ablation bases) over
+    /// the model's methods. A `[[model]]` runs every method except those from a search on another model; a
+    /// fine-tuned model runs the method it was trained under and those from searches on itself.
+    pub fn methods_for(&self, eval: &EvalSpec, model: &str) -> Vec<&MethodSpec> {
+        let search_model = |s: &str| self.searches.iter().find(|x| x.name == s).map(|x| x.model.as_str());
+        let finetune = self.finetunes.iter().find(|f| f.name == model);
         self.methods
             .iter()
+            .filter(|m| {
+                if finetune.is_some_and(|f| f.method == m.name) {
+                    return true;
+                }
+                match &m.source {
+                    MethodSource::FromSearch(s) => search_model(s) == Some(model),
+                    MethodSource::Scaling { .. } => finetune.is_none(),
+                }
+            })
             .filter(|m| eval.methods.as_ref().is_none_or(|f| f.iter().any(|n| n == &m.name || n == &m.base)))
             .collect()
     }

@@ -25,6 +25,9 @@ pub enum ExperimentError {
     /// An error of the evaluation crate (corpus reading, tokenization).
     #[error(transparent)]
     Data(#[from] longrope_data::DataError),
+    /// An error of a fine-tune step.
+    #[error(transparent)]
+    Train(#[from] longrope_train::TrainError),
     /// An output directory holding another experiment's results.
     #[error("{path}: {message}")]
     OutDir {

@@ -1,6 +1,6 @@
 //! Plots with `plotters`, each written as PNG and SVG: perplexity vs context length per method (log-x and
-//! log-y axes, the trained context marked), a passkey accuracy heatmap (method x length), and the search
-//! fitness curve (best fitness vs evaluations). Text needs a TrueType font: the first of [`FONT_PATHS`] that
+//! log-y axes, the trained context marked), a passkey accuracy heatmap (method x length), the search
+//! fitness curve (best fitness vs evaluations), and fine-tune loss curves (loss vs tokens). Text needs a TrueType font: the first of [`FONT_PATHS`] that
 //! exists (Debian's `fonts-dejavu-core`), or the file named by `LONGROPE_PLOT_FONT`.
 
 use std::path::{Path, PathBuf};
@@ -217,6 +217,19 @@ pub fn search_curve(stem: &Path, title: &str, series: &[Series]) -> Result<Vec<P
     let yr = lin_span(series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)), 0.1, 0.01 * top.max(1e-6));
     both!(stem, (960, 620), |root| {
         line_chart!(&root, title, "evaluations", "best fitness so far (lower is better)", series, xr, yr, false, None::<f64>, |x: &f64| if (x - x.round()).abs() < 1e-6 { format!("{}", x.round()) } else { String::new() })
+    })
+}
+
+/// Training loss vs tokens trained on, one line per fine-tune (linear axes).
+pub fn loss_curve(stem: &Path, title: &str, series: &[Series]) -> Result<Vec<PathBuf>> {
+    let xr = lin_span(series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)), 0.03, 1.0);
+    let top = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1.abs())).filter(|v| v.is_finite()).fold(0f64, f64::max);
+    let yr = lin_span(series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)), 0.08, 0.01 * top.max(1e-6));
+    let yr = (yr.0.max(0.0), yr.1);
+    both!(stem, (960, 620), |root| {
+        line_chart!(&root, title, "tokens trained on", "training loss (mean NLL, nats)", series, xr, yr, false, None::<f64>, |x: &f64| {
+            if *x >= 1e6 { format!("{:.1}M", x / 1e6) } else if *x >= 1e3 { format!("{:.0}k", x / 1e3) } else { format!("{x:.0}") }
+        })
     })
 }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ExperimentError, Result};
 use crate::plots;
-use crate::runner::{file_stem, CellResult, SearchResult};
+use crate::runner::{file_stem, CellResult, FinetuneResult, SearchResult};
 use longrope_core::files::write_atomic;
 
 /// A model of the experiment, with its summary once it has been loaded.
@@ -102,6 +102,9 @@ pub struct Results {
     pub cells: Vec<CellResult>,
     /// Every search step.
     pub searches: Vec<SearchResult>,
+    /// Every fine-tune step (absent in results written before fine-tuning existed).
+    #[serde(default)]
+    pub finetunes: Vec<FinetuneResult>,
     /// The machine of the last invocation.
     pub machine: Machine,
     /// Wall time of the last invocation in seconds (cached cells cost nothing).
@@ -112,13 +115,15 @@ impl Results {
     /// Read a `results.json` (or the directory holding one).
     pub fn load(path: &Path) -> Result<Results> {
         let file = if path.is_dir() { path.join("results.json") } else { path.to_path_buf() };
-        let text = std::fs::read_to_string(&file).map_err(|e| ExperimentError::io(&file, e))?;
+        let text = longrope_core::files::read_text(&file, 16 * longrope_core::files::MAX_CONFIG_BYTES)?;
         serde_json::from_str(&text).map_err(|e| ExperimentError::Results { path: file, message: format!("not an experiment results.json: {e}") })
     }
 
     /// Compute seconds: every cell's evaluation time plus every search's wall time (across resumes).
     pub fn compute_seconds(&self) -> f64 {
-        self.cells.iter().map(|c| c.score.seconds).sum::<f64>() + self.searches.iter().map(|s| s.cost.wall_seconds).sum::<f64>()
+        self.cells.iter().map(|c| c.score.seconds).sum::<f64>()
+            + self.searches.iter().map(|s| s.cost.wall_seconds).sum::<f64>()
+            + self.finetunes.iter().map(|f| f.wall_seconds).sum::<f64>()
     }
 }
 
@@ -191,6 +196,19 @@ fn length_header(l: usize, trained: Option<usize>) -> String {
     }
 }
 
+/// The header and alignment rows of a table with one column per length.
+fn lengths_table_header(md: &mut String, first: &str, lengths: &[usize], trained: Option<usize>) {
+    let _ = write!(md, "| {first} |");
+    for &l in lengths {
+        let _ = write!(md, " {} |", length_header(l, trained));
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in lengths {
+        let _ = write!(md, "---:|");
+    }
+    let _ = writeln!(md);
+}
+
 fn trained_of(r: &Results, model: &str) -> Option<usize> {
     r.cells.iter().find(|c| c.model == model).map(|c| c.trained_context)
 }
@@ -248,6 +266,12 @@ pub fn write_plots(out: &Path, r: &Results) -> std::result::Result<Vec<String>, 
         let written = plots::search_curve(&dir.join("search-fitness"), "search: best fitness vs evaluations", &series);
         files.extend(written.map_err(|e| e.to_string())?.iter().map(rel));
     }
+    if !r.finetunes.is_empty() {
+        let series: Vec<plots::Series> =
+            r.finetunes.iter().map(|f| (format!("{} ({})", f.name, f.method), f.loss_curve.iter().map(|&(t, l)| (t as f64, l)).collect())).collect();
+        let written = plots::loss_curve(&dir.join("finetune-loss"), "fine-tuning: training loss vs tokens", &series);
+        files.extend(written.map_err(|e| e.to_string())?.iter().map(rel));
+    }
     Ok(files)
 }
 
@@ -285,15 +309,7 @@ pub fn markdown(r: &Results, plots: &std::result::Result<Vec<String>, String>) -
             if r.models.len() > 1 {
                 let _ = writeln!(md, "### {}\n", mi.name);
             }
-            let _ = write!(md, "| method |");
-            for &l in &lengths {
-                let _ = write!(md, " {} |", length_header(l, trained));
-            }
-            let _ = write!(md, "\n|---|");
-            for _ in &lengths {
-                let _ = write!(md, "---:|");
-            }
-            let _ = writeln!(md);
+            lengths_table_header(&mut md, "method", &lengths, trained);
             for me in &methods {
                 let _ = write!(md, "| {me} |");
                 for &l in &lengths {
@@ -340,6 +356,9 @@ pub fn markdown(r: &Results, plots: &std::result::Result<Vec<String>, String>) -
         }
         let _ = writeln!(md, "The searched factors, HF `rope_scaling` block and history are in each search's directory (`{}`).\n", r.searches.iter().map(|s| s.dir.as_str()).collect::<Vec<_>>().join("`, `"));
     }
+    if !r.finetunes.is_empty() {
+        finetune_section(&mut md, r, plots);
+    }
     let _ = writeln!(md, "## Cost\n");
     let _ = writeln!(md, "| model | method | cells | tokens | seconds |\n|---|---|---:|---:|---:|");
     let mut cost: Vec<((String, String), (usize, usize, f64))> = Vec::new();
@@ -360,12 +379,77 @@ pub fn markdown(r: &Results, plots: &std::result::Result<Vec<String>, String>) -
     for s in &r.searches {
         let _ = writeln!(md, "| {} | search `{}` | {} evaluations | {} | {:.1} |", s.model, s.name, s.cost.evaluations, s.cost.tokens, s.cost.wall_seconds);
     }
+    for f in &r.finetunes {
+        let _ = writeln!(md, "| {} | fine-tune `{}` | {} steps | {} | {:.1} |", f.model, f.name, f.steps, f.tokens, f.wall_seconds);
+    }
     let _ = writeln!(md);
     if let Err(why) = plots {
         let _ = writeln!(md, "No plots: {why}\n");
     }
     let _ = writeln!(md, "Every number comes from `results.json` (`results.csv` has one row per cell); `longrope compare` merges runs.");
     md
+}
+
+/// The fine-tuning section: one row per fine-tune, the loss plot, and per evaluator a before -> after table
+/// (the base model under the same method vs the fine-tuned model).
+fn finetune_section(md: &mut String, r: &Results, plots: &std::result::Result<Vec<String>, String>) {
+    let _ = writeln!(md, "## Fine-tuning\n");
+    let _ = writeln!(md, "| fine-tune | base model | method | target | steps | tokens | trainable values | loss first -> last | wall | peak RSS |");
+    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---|---:|---:|");
+    for f in &r.finetunes {
+        let first = f.loss_curve.first().map(|p| p.1).unwrap_or(f64::NAN);
+        let last = f.loss_curve.last().map(|p| p.1).unwrap_or(f64::NAN);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {}{} | {first:.3} -> {last:.3} | {:.1} min | {} |",
+            f.name, f.model, f.method, f.target, f.steps, f.tokens, f.trainable_values, if f.lora { " (LoRA)" } else { "" },
+            f.wall_seconds / 60.0, f.peak_rss_mib.map(|v| format!("{:.1} GB", v / 1024.0)).unwrap_or_else(|| "-".into())
+        );
+    }
+    let _ = writeln!(md);
+    if let Ok(files) = plots {
+        if files.iter().any(|f| f == "plots/finetune-loss.png") {
+            let _ = writeln!(md, "![fine-tuning loss](plots/finetune-loss.png)\n");
+        }
+    }
+    for ev in evaluators(r) {
+        let mut lengths = BTreeSet::new();
+        let mut rows = Vec::new();
+        for f in &r.finetunes {
+            let (_, _, before) = grid(r, &f.model, &ev);
+            let (_, _, after) = grid(r, &f.name, &ev);
+            let pairs: BTreeMap<usize, (Option<f64>, f64)> = after
+                .iter()
+                .filter(|((m, _), _)| m == &f.method)
+                .map(|((_, l), &v)| (*l, (before.get(&(f.method.clone(), *l)).copied(), v)))
+                .collect();
+            if !pairs.is_empty() {
+                lengths.extend(pairs.keys().copied());
+                rows.push((f, pairs));
+            }
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        let trained = rows.first().and_then(|(f, _)| trained_of(r, &f.model));
+        let _ = writeln!(md, "### {}: before -> after fine-tuning\n", metric_title(&ev));
+        let lengths: Vec<usize> = lengths.into_iter().collect();
+        lengths_table_header(md, "fine-tune (method)", &lengths, trained);
+        for (f, pairs) in rows {
+            let _ = write!(md, "| {} ({}) |", f.name, f.method);
+            for l in &lengths {
+                let cell = match pairs.get(l) {
+                    Some((Some(b), a)) => format!("{} -> **{}**", fmt_value(&ev, *b), fmt_value(&ev, *a)),
+                    Some((None, a)) => format!("**{}**", fmt_value(&ev, *a)),
+                    None => String::new(),
+                };
+                let _ = write!(md, " {cell} |");
+            }
+            let _ = writeln!(md);
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(md, "Each fine-tune's checkpoints, `train_log.jsonl` and exported HF directory (`model/`) are in `{}`.\n", r.finetunes.iter().map(|f| f.dir.as_str()).collect::<Vec<_>>().join("`, `"));
 }
 
 fn eval_note(r: &Results, evaluator: &str) -> Option<String> {

@@ -23,7 +23,7 @@ use longrope_search::{candidate_to_toml, fitness_evaluator_config, Driver, Evalu
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{parse_scaling_table, referenced_files, EvalSpec, Experiment, MethodSource, MethodSpec, ModelEntry, SearchSpec};
+use crate::config::{parse_scaling_table, referenced_files, EvalSpec, Experiment, FinetuneSpec, MethodSource, MethodSpec, ModelEntry, SearchSpec};
 use crate::error::{ExperimentError, Result};
 use crate::report::{self, Machine, Results};
 
@@ -207,24 +207,45 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
     let manifest = serde_json::json!({"name": exp.file.name, "config_hash": config_hash, "experiment": exp.path.display().to_string(), "config": file_json});
     write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest).expect("json").as_bytes())?;
 
-    let total_cells: usize = exp
+    // Fine-tuned models are evaluated like models, on the base model's dtype and device, after it.
+    let slots: Vec<(&ModelEntry, Option<&FinetuneSpec>)> = exp
         .models
         .iter()
-        .map(|m| {
+        .flat_map(|m| std::iter::once((m, None)).chain(exp.finetunes.iter().filter(|f| f.model == m.name).map(move |f| (m, Some(f)))))
+        .collect();
+    let slot_name = |(m, f): &(&ModelEntry, Option<&FinetuneSpec>)| f.map(|f| f.name.clone()).unwrap_or_else(|| m.name.clone());
+    let total_cells: usize = slots
+        .iter()
+        .map(|slot| {
+            let name = slot_name(slot);
             exp.evals
                 .iter()
-                .filter(|e| exp.eval_runs_on(e, &m.name))
-                .map(|e| exp.methods_for(e).len() * e.lengths.len() * e.seeds.len())
+                .filter(|e| exp.eval_runs_on(e, &name))
+                .map(|e| exp.methods_for(e, &name).len() * e.lengths.len() * e.seeds.len())
                 .sum::<usize>()
         })
         .sum();
     let mut done = 0usize;
     let mut computed = 0usize;
     let mut searches: Vec<SearchResult> = Vec::new();
+    let mut finetunes: Vec<FinetuneResult> = Vec::new();
     let mut summaries: BTreeMap<String, ModelSummary> = BTreeMap::new();
     let mut cells: Vec<CellResult> = Vec::new();
+    let mut model_infos: Vec<report::ModelInfo> = Vec::new();
 
-    for m in &exp.models {
+    for slot in &slots {
+        let (base, finetune) = *slot;
+        let owned;
+        let m: &ModelEntry = match finetune {
+            None => base,
+            Some(f) => {
+                let r = run_finetune(exp, f, base, out, &searches, log)?;
+                owned = ModelEntry { name: f.name.clone(), path: out.join(&r.dir).join("model"), dtype: base.dtype.clone(), device: base.device.clone() };
+                finetunes.push(r);
+                &owned
+            }
+        };
+        model_infos.push(report::ModelInfo { name: m.name.clone(), path: m.path.display().to_string(), dtype: m.dtype.clone(), device: m.device.clone(), summary: None });
         let mut loaded: Option<Loaded> = None;
         // What the model and the corpus contain, fingerprinted once per model (digests are cached).
         log(format!("fingerprinting the inputs of {} ({})", m.name, m.path.display()));
@@ -239,33 +260,15 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
         // Plan the cells.
         let mut planned = Vec::new();
         for e in exp.evals.iter().filter(|e| exp.eval_runs_on(e, &m.name)) {
-            for method in exp.methods_for(e) {
-                let (scaling_table, base_dir, from_target, scaling_id) = match &method.source {
-                    MethodSource::Scaling { table, base_dir } => {
-                        let config = parse_scaling_table(table, base_dir, &method.name)?;
-                        let mut files = serde_json::Map::new();
-                        for (field, p) in referenced_files(table, base_dir) {
-                            files.insert(field, serde_json::Value::String(longrope_core::digest::digest(&p)?));
-                        }
-                        let id = serde_json::json!({"config": serde_json::to_value(&config).unwrap_or_default(), "files": files});
-                        (table.clone(), base_dir.clone(), None, id)
-                    }
-                    MethodSource::FromSearch(name) => {
-                        let r = searches.iter().find(|r| &r.name == name).ok_or_else(|| {
-                            ExperimentError::config(&exp.path, format!("method `{}`: search `{name}` runs on another model than `{}`", method.name, m.name))
-                        })?;
-                        let text = candidate_to_toml(&r.best, &r.shape);
-                        let table: toml::Table = toml::from_str(&text).expect("candidate TOML parses");
-                        let id = serde_json::json!({"from_search": r.hash, "config": text});
-                        (table, exp.path.parent().unwrap_or(Path::new("")).to_path_buf(), Some(r.target_length), id)
-                    }
-                };
+            for method in exp.methods_for(e, &m.name) {
+                let (scaling_table, base_dir, from_target, scaling_id) = method_scaling(exp, method, &searches)?;
                 let target = method.target.or(from_target).or(exp.file.target);
                 for &length in &e.lengths {
                     for &seed in &e.seeds {
                         let identity = serde_json::json!({
                             "format": CELL_FORMAT,
                             "inputs": if e.evaluator == "passkey" { &without_data } else { &with_data },
+                            "finetune": finetunes.iter().find(|f| f.name == m.name).map(|f| f.hash.clone()),
                             "scaling": scaling_id,
                             "target": target,
                             "target_rule": if target.is_none() { serde_json::json!({"longest": exp.longest_length(&m.name)}) } else { serde_json::Value::Null },
@@ -366,28 +369,161 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
             }
         }
     }
+    for mi in &mut model_infos {
+        mi.summary = summaries.get(&mi.name).cloned();
+    }
     let results = Results {
         experiment: exp.file.name.clone(),
         description: exp.file.description.clone(),
         config_hash,
-        models: exp
-            .models
-            .iter()
-            .map(|m| report::ModelInfo {
-                name: m.name.clone(),
-                path: m.path.display().to_string(),
-                dtype: m.dtype.clone(),
-                device: m.device.clone(),
-                summary: summaries.get(&m.name).cloned(),
-            })
-            .collect(),
+        models: model_infos,
         cells,
         searches,
+        finetunes,
         machine: Machine::detect(),
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     report::write_all(out, &results, log)?;
     Ok(RunOutcome::Finished(Box::new(results)))
+}
+
+/// A method's scaling table, the directory its relative paths are resolved from, the target of a searched
+/// method, and the identity of its config (for the cell cache).
+fn method_scaling(
+    exp: &Experiment,
+    method: &MethodSpec,
+    searches: &[SearchResult],
+) -> Result<(toml::Table, PathBuf, Option<usize>, serde_json::Value)> {
+    match &method.source {
+        MethodSource::Scaling { table, base_dir } => {
+            let config = parse_scaling_table(table, base_dir, &method.name)?;
+            let mut files = serde_json::Map::new();
+            for (field, p) in referenced_files(table, base_dir) {
+                files.insert(field, serde_json::Value::String(longrope_core::digest::digest(&p)?));
+            }
+            let id = serde_json::json!({"config": serde_json::to_value(&config).unwrap_or_default(), "files": files});
+            Ok((table.clone(), base_dir.clone(), None, id))
+        }
+        MethodSource::FromSearch(name) => {
+            let r = searches.iter().find(|r| &r.name == name).ok_or_else(|| {
+                ExperimentError::config(&exp.path, format!("method `{}`: search `{name}` has not run (it runs on another model)", method.name))
+            })?;
+            let text = candidate_to_toml(&r.best, &r.shape);
+            let table: toml::Table = toml::from_str(&text).expect("candidate TOML parses");
+            let id = serde_json::json!({"from_search": r.hash, "config": text});
+            Ok((table, exp.path.parent().unwrap_or(Path::new("")).to_path_buf(), Some(r.target_length), id))
+        }
+    }
+}
+
+/// A finished fine-tune step, as cached and listed in `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneResult {
+    /// The fine-tuned model's name.
+    pub name: String,
+    /// The base model.
+    pub model: String,
+    /// The method trained under.
+    pub method: String,
+    /// Target context `L'`.
+    pub target: usize,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Tokens trained on.
+    pub tokens: u64,
+    /// Wall time of the training (all attempts up to their last checkpoint), seconds.
+    pub wall_seconds: f64,
+    /// Peak RSS of the process that finished it (MiB).
+    pub peak_rss_mib: Option<f64>,
+    /// Trainable values.
+    pub trainable_values: i64,
+    /// Whether LoRA adapters were trained.
+    pub lora: bool,
+    /// The training documents.
+    pub train_docs: Vec<String>,
+    /// `(tokens seen, loss)` after each step.
+    pub loss_curve: Vec<(u64, f64)>,
+    /// Identity hash (recipe + method + base model + data).
+    pub hash: String,
+    /// Its output directory (checkpoints, log, `model/`), relative to the run's.
+    pub dir: String,
+}
+
+/// Train (or load the cached result of) one fine-tune step; an unfinished one resumes from its checkpoint.
+fn run_finetune(
+    exp: &Experiment,
+    f: &FinetuneSpec,
+    base: &ModelEntry,
+    out: &Path,
+    searches: &[SearchResult],
+    log: &mut dyn FnMut(String),
+) -> Result<FinetuneResult> {
+    let method = exp.methods.iter().find(|m| m.name == f.method && m.ablation.is_empty()).expect("validated");
+    let (scaling, _, from_target, scaling_id) = method_scaling(exp, method, searches)?;
+    let target = method.target.or(from_target).or(exp.file.target).ok_or_else(|| ExperimentError::config(&exp.path, format!("[[finetune]] `{}`: no target", f.name)))?;
+    let spec = f.build(scaling, target)?;
+    let hash = hash_json(&serde_json::json!({
+        "recipe": serde_json::to_value(&spec.file).unwrap_or_default(),
+        "scaling": scaling_id,
+        "inputs": inputs_identity(base, Some(&spec.file.data.train))?,
+    }));
+    let rel = format!("finetunes/{}-{}", file_stem(&f.name), &hash[..12]);
+    let dir = out.join(&rel);
+    let result_path = dir.join("experiment_finetune.json");
+    if let Ok(text) = std::fs::read_to_string(&result_path) {
+        if let Ok(r) = serde_json::from_str::<FinetuneResult>(&text) {
+            if dir.join("model/config.json").exists() {
+                log(format!("finetune {}: {} steps, loss {:.4} -> {:.4} (cached)", f.name, r.steps, r.loss_curve.first().map(|p| p.1).unwrap_or(f64::NAN), r.loss_curve.last().map(|p| p.1).unwrap_or(f64::NAN)));
+                return Ok(r);
+            }
+        }
+    }
+    let m = &spec.file.model;
+    let options = LoadOptions { device: longrope_core::device::parse_device(&m.device)?, dtype: longrope_core::device::parse_dtype(&m.dtype)?, sliding_window: None };
+    log(format!("finetune {}: loading {} ({}) to train under `{}`", f.name, base.name, m.path.display(), f.method));
+    let mut model = longrope_models::load(&m.path, &options)?;
+    let resume = !longrope_train::checkpoint::list(&dir.join("checkpoints")).is_empty();
+    let opts = longrope_train::RunOptions { out_dir: dir.clone(), resume, stop_after_steps: None, progress: true };
+    let trainer = longrope_train::Trainer::new(&spec, model.as_mut(), opts)?;
+    // Evaluation never reads a document the model was trained on.
+    if !exp.corpus.is_empty() {
+        let trained: std::collections::BTreeMap<&str, &str> = trainer.manifest().train_docs.iter().map(|d| (d.sha256.as_str(), d.name.as_str())).collect();
+        let eval_docs = CorpusSet::open(&exp.corpus, trainer.tokenizer())?;
+        for i in 0..eval_docs.num_docs() {
+            let sha = longrope_data::windows::tokens_sha256(&eval_docs.doc(i)?);
+            if let Some(name) = trained.get(sha.as_str()) {
+                return Err(ExperimentError::config(
+                    &exp.path,
+                    format!("[[finetune]] `{}`: evaluation document `{}` is in the training data (as `{name}`): list it in the recipe's data.held_out", f.name, eval_docs.doc_name(i)),
+                ));
+            }
+        }
+    }
+    let manifest = trainer.manifest().clone();
+    let outcome = trainer.run(log)?;
+    let longrope_train::Outcome::Finished(summary) = outcome else {
+        return Err(ExperimentError::config(&exp.path, format!("finetune `{}` stopped before finishing", f.name)));
+    };
+    let records = longrope_train::trainer::read_log(&dir.join("train_log.jsonl"))?;
+    let r = FinetuneResult {
+        name: f.name.clone(),
+        model: base.name.clone(),
+        method: f.method.clone(),
+        target,
+        steps: summary.steps,
+        tokens: summary.tokens,
+        wall_seconds: summary.wall_seconds,
+        peak_rss_mib: summary.peak_rss_mib,
+        trainable_values: manifest.trainable_values,
+        lora: spec.file.lora.is_some(),
+        train_docs: manifest.train_docs.iter().map(|d| d.name.clone()).collect(),
+        loss_curve: records.iter().map(|r| (r.tokens_seen, r.loss)).collect(),
+        hash,
+        dir: rel,
+    };
+    log(format!("finetune {}: {} steps, {} tokens, {:.1} min, loss {:.4} -> {:.4}", f.name, r.steps, r.tokens, r.wall_seconds / 60.0, summary.first_loss, summary.last_loss));
+    write_atomic(&result_path, serde_json::to_string_pretty(&r).expect("json").as_bytes())?;
+    Ok(r)
 }
 
 /// Run (or load the cached result of) one search step.

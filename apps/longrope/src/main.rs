@@ -53,6 +53,9 @@ enum Command {
     Run(cmd::run::Args),
     /// Merge the results of several experiment runs into one table per evaluator.
     Compare(cmd::compare::Args),
+    /// Fine-tune a model under a scaling method (full or LoRA, PoSE, mixed windows), resumable, exported as an
+    /// HF directory.
+    Finetune(cmd::finetune::Args),
 }
 
 /// Reference every plugin crate so the linker keeps their registrations.
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(a),
         Command::Compare(a) => cmd::compare::run(a),
         Command::Search(a) => cmd::search::run(a),
+        Command::Finetune(a) => cmd::finetune::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -103,6 +103,7 @@ impl Evaluator for NeedlePpl {
     }
 
     fn evaluate(&self, model: &dyn LanguageModel, schedule: &RopeSchedule, length: usize, data: &dyn TokenSource) -> Result<Score> {
+        let _no_grad = tch::no_grad_guard();
         let c = &self.config;
         let bos = match c.add_bos {
             Some(false) => None,

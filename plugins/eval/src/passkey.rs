@@ -138,6 +138,7 @@ impl Evaluator for Passkey {
     }
 
     fn evaluate(&self, model: &dyn LanguageModel, schedule: &RopeSchedule, length: usize, _data: &dyn TokenSource) -> Result<Score> {
+        let _no_grad = tch::no_grad_guard();
         let c = &self.config;
         let bos = match c.add_bos {
             Some(false) => None,

@@ -143,6 +143,7 @@ impl Evaluator for Perplexity {
         length: usize,
         data: &dyn TokenSource,
     ) -> Result<Score> {
+        let _no_grad = tch::no_grad_guard();
         let c = &self.config;
         let bos_id = match c.add_bos {
             Some(false) => None,

@@ -39,6 +39,7 @@ impl MockModel {
                 weight_dtype: "F32".into(),
                 bos_token_id: bos,
                 eos_token_id: None,
+                rope_scaling: None,
             },
             tokenizer,
             calls: Mutex::new(Vec::new()),

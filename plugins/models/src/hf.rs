@@ -68,9 +68,12 @@ pub struct HfConfig {
     /// Built-in RoPE scaling of the checkpoint (transformers 4 layout).
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
-    /// Trained context.
+    /// Trained context (the extended one in a scaled checkpoint).
     #[serde(default)]
     pub max_position_embeddings: Option<usize>,
+    /// The original context of a scaled checkpoint (top-level field, as HF and the exporter write it).
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
     /// Whether `lm_head` shares the embedding.
     #[serde(default)]
     pub tie_word_embeddings: bool,
@@ -124,15 +127,26 @@ impl HfConfig {
             .unwrap_or(10000.0)
     }
 
-    /// The checkpoint's own RoPE scaling type, if any other than `default`.
-    pub fn builtin_rope_scaling(&self) -> Option<String> {
-        let from = |v: &serde_json::Value| {
-            v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).map(str::to_string)
-        };
-        let t = self.rope_scaling.as_ref().filter(|v| !v.is_null()).and_then(from).or_else(|| {
-            self.rope_parameters.as_ref().and_then(from)
-        });
-        t.filter(|t| t != "default")
+    /// The checkpoint's own RoPE scaling block (`rope_scaling`, else `rope_parameters`), if its type
+    /// (`rope_type` or `type`) is other than `default`.
+    pub fn builtin_rope_scaling(&self) -> Option<serde_json::Value> {
+        let kind = |v: &serde_json::Value| v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).map(str::to_string);
+        [self.rope_scaling.as_ref(), self.rope_parameters.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|v| kind(v).is_some_and(|t| t != "default"))
+            .cloned()
+    }
+
+    /// The context the model was trained on, `L`: `original_max_position_embeddings` (top level, else in the
+    /// scaling block) when the checkpoint is a scaled one, else `max_position_embeddings` (`None` when the file
+    /// gives neither: no default is assumed).
+    pub fn trained_context(&self) -> Option<usize> {
+        let from_block = self.builtin_rope_scaling().and_then(|b| b.get("original_max_position_embeddings").and_then(|v| v.as_u64()));
+        self.original_max_position_embeddings
+            .or(from_block.map(|v| v as usize))
+            .filter(|_| self.builtin_rope_scaling().is_some())
+            .or(self.max_position_embeddings)
     }
 }
 

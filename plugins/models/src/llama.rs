@@ -1,11 +1,17 @@
 //! Llama (Touvron et al. 2023; HF `modeling_llama.py`): config, loading from HF safetensors or GGUF,
-//! RMSNorm, rotary attention with GQA and a KV cache, SwiGLU MLP, decoder blocks, and the model.
+//! and the model top to bottom: [`RmsNorm`], rotary [`Attention`] with GQA and a KV cache, the SwiGLU [`Mlp`],
+//! the decoder [`Block`], and [`Llama`] (candle-transformers' one-file layout). Every type has its `load`
+//! (weights into the model's `VarStore` under their HF names, tch's `nn::Path`) and its `forward`.
 //!
 //! The model takes per-layer RoPE tables from the caller (`LayerTables`) and never knows which scaling
-//! method made them. Attention uses libtorch's `scaled_dot_product_attention` (causal); an optional
-//! sliding window (Mistral) is applied as a band mask built per block of queries, so memory stays
-//! `O(block * window)` at long context. The NLL path runs the trunk once and the LM head + log-softmax over
-//! chunks of positions, never materialising `[seq, vocab]` logits.
+//! method made them. Attention uses libtorch's `scaled_dot_product_attention` (causal; on CPU its flash kernel,
+//! also for the backward); an optional sliding window (Mistral) is applied as a band mask built per block of
+//! queries, so memory stays `O(block * window)` at long context. The NLL path runs the trunk once and the LM
+//! head + log-softmax over chunks of positions, never materialising `[seq, vocab]` logits.
+//!
+//! Evaluation and training share these blocks: the model never switches gradient tracking itself. As a
+//! [`Decoder`] it exposes the embedding, each block, the final norm, the head, its `VarStore` and its
+//! projections ([`Linear`], which can carry a LoRA adapter), so a trainer can recompute one layer at a time.
 //!
 //! GGUF files store Q and K projection rows permuted the llama.cpp way (`convert_hf_to_gguf.py`'s
 //! `permute`: per head, the two rotary halves interleaved); [`unpermute_qk`] undoes it so HF's
@@ -15,10 +21,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use longrope_core::model::{KvCache, LoadOptions, ModelSummary, NllSum};
+use longrope_core::model::{Decoder, KvCache, LoadOptions, ModelSummary, NllSum, Rotary};
+use longrope_core::nn::Linear;
 use longrope_core::scaling::LayerTables;
 use longrope_core::{LanguageModel, ModelArch, RopeTables};
-use tch::{Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, Value};
@@ -61,6 +68,9 @@ pub struct LlamaConfig {
     pub bos_token_id: Option<u32>,
     /// EOS token id.
     pub eos_token_id: Option<u32>,
+    /// The checkpoint's own RoPE scaling block, if any (HF `rope_scaling` / `rope_parameters` of a type other
+    /// than `default`). Recorded, not applied: see [`ModelSummary::rope_scaling`].
+    pub rope_scaling: Option<serde_json::Value>,
 }
 
 impl LlamaConfig {
@@ -73,12 +83,7 @@ impl LlamaConfig {
         if c.attention_bias || c.mlp_bias {
             return Err(err("attention_bias/mlp_bias", "biases are not supported".into()));
         }
-        if let Some(t) = c.builtin_rope_scaling() {
-            return Err(err(
-                "rope_scaling",
-                format!("the checkpoint's built-in rope scaling `{t}` is not applied implicitly; load the base model and pass --scaling"),
-            ));
-        }
+        let rope_scaling = c.builtin_rope_scaling();
         let hidden_size = HfConfig::size(path, "hidden_size", c.hidden_size)?;
         let num_heads = HfConfig::size(path, "num_attention_heads", c.num_attention_heads)?;
         let cfg = LlamaConfig {
@@ -91,11 +96,12 @@ impl LlamaConfig {
             head_dim: c.head_dim.unwrap_or(hidden_size.checked_div(num_heads).unwrap_or(0)),
             rms_norm_eps: c.rms_norm_eps,
             rope_theta: c.rope_base(),
-            max_position_embeddings: HfConfig::size(path, "max_position_embeddings", c.max_position_embeddings)?,
+            max_position_embeddings: HfConfig::size(path, "max_position_embeddings", c.trained_context())?,
             tie_word_embeddings: c.tie_word_embeddings,
             sliding_window: c.sliding_window,
             bos_token_id: hf::token_id(&c.bos_token_id),
             eos_token_id: hf::token_id(&c.eos_token_id),
+            rope_scaling,
         };
         cfg.validate(path)?;
         Ok(cfg)
@@ -139,6 +145,7 @@ impl LlamaConfig {
             sliding_window: g.get(&key("attention.sliding_window")).and_then(Value::as_u64).map(|v| v as usize),
             bos_token_id: g.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64).map(|v| v as u32),
             eos_token_id: g.get("tokenizer.ggml.eos_token_id").and_then(Value::as_u64).map(|v| v as u32),
+            rope_scaling: None,
         };
         cfg.validate(&g.path)?;
         Ok(cfg)
@@ -298,204 +305,108 @@ impl Checkpoint {
     }
 }
 
-struct Block {
-    input_norm: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    post_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+/// Adds checkpoint tensors to a `VarStore` under their HF names, checking shapes and converting to the
+/// device and compute dtype. Weights are added frozen (no gradient); a trainer marks what it trains.
+struct Loader<'a> {
+    ck: &'a mut Checkpoint,
+    options: &'a LoadOptions,
 }
 
-/// A Llama-family causal LM on libtorch (also Mistral, with a sliding window).
-pub struct Llama {
-    config: LlamaConfig,
-    summary: ModelSummary,
-    tokenizer: tokenizers::Tokenizer,
-    embed: Tensor,
-    blocks: Vec<Block>,
-    norm: Tensor,
-    lm_head: Option<Tensor>,
-    device: Device,
-    dtype: Kind,
+impl Loader<'_> {
+    /// The tensor `p.name` (e.g. `model.layers.0.self_attn.q_proj` + `weight`), registered in the store.
+    fn take(&mut self, p: &nn::Path, name: &str, expected: &[i64]) -> Result<Tensor> {
+        let t = self.ck.take(&p.path(name), expected, self.options)?;
+        Ok(p.add(name, t, false))
+    }
+
+    fn linear(&mut self, p: &nn::Path, out: i64, inp: i64) -> Result<Linear> {
+        Ok(Linear::new(self.take(p, "weight", &[out, inp])?, None))
+    }
 }
 
-impl Llama {
-    /// Build the model from a checkpoint: move weights to the device and dtype, check every shape.
-    /// `arch` is the plugin name shown in the summary.
-    pub fn from_checkpoint(mut ck: Checkpoint, arch: &str, options: &LoadOptions) -> Result<Self> {
-        match options.dtype {
-            Kind::Float | Kind::BFloat16 | Kind::Half => {}
-            other => return Err(ModelError::invalid("dtype", format!("{other:?}: expected f32, bf16 or f16"))),
-        }
-        let c = ck.config.clone();
-        let (h, i, v) = (c.hidden_size as i64, c.intermediate_size as i64, c.vocab_size as i64);
+/// HF's `LlamaRMSNorm`: normalise in f32, cast back to the input's dtype, then scale by the weight.
+#[derive(Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(p: &nn::Path, ld: &mut Loader, size: i64, eps: f64) -> Result<Self> {
+        Ok(RmsNorm { weight: ld.take(p, "weight", &[size])?, eps })
+    }
+
+    /// `weight * (x / sqrt(mean(x²) + eps))`, the statistics in f32.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.square().mean_dim(-1, true, Kind::Float);
+        (xf * (var + self.eps).rsqrt()).to_kind(x.kind()) * &self.weight
+    }
+}
+
+/// Rotary self-attention with grouped KV heads (GQA), an optional sliding window and an optional KV cache.
+#[derive(Debug)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+    sliding_window: Option<i64>,
+}
+
+impl Attention {
+    fn load(p: &nn::Path, ld: &mut Loader, c: &LlamaConfig) -> Result<Self> {
+        let h = c.hidden_size as i64;
         let (q_out, kv_out) = ((c.num_heads * c.head_dim) as i64, (c.num_kv_heads * c.head_dim) as i64);
-        let embed = ck.take("model.embed_tokens.weight", &[v, h], options)?;
-        let mut blocks = Vec::with_capacity(c.num_layers);
-        for l in 0..c.num_layers {
-            let p = |s: &str| format!("model.layers.{l}.{s}");
-            blocks.push(Block {
-                input_norm: ck.take(&p("input_layernorm.weight"), &[h], options)?,
-                q: ck.take(&p("self_attn.q_proj.weight"), &[q_out, h], options)?,
-                k: ck.take(&p("self_attn.k_proj.weight"), &[kv_out, h], options)?,
-                v: ck.take(&p("self_attn.v_proj.weight"), &[kv_out, h], options)?,
-                o: ck.take(&p("self_attn.o_proj.weight"), &[h, q_out], options)?,
-                post_norm: ck.take(&p("post_attention_layernorm.weight"), &[h], options)?,
-                gate: ck.take(&p("mlp.gate_proj.weight"), &[i, h], options)?,
-                up: ck.take(&p("mlp.up_proj.weight"), &[i, h], options)?,
-                down: ck.take(&p("mlp.down_proj.weight"), &[h, i], options)?,
-            });
-        }
-        let norm = ck.take("model.norm.weight", &[h], options)?;
-        let lm_head = if c.tie_word_embeddings { None } else { Some(ck.take("lm_head.weight", &[v, h], options)?) };
-        let summary = ModelSummary {
-            arch: arch.to_string(),
-            format: ck.format.to_string(),
-            num_layers: c.num_layers,
-            hidden_size: c.hidden_size,
-            num_heads: c.num_heads,
-            num_kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-            vocab_size: c.vocab_size,
-            rope_base: c.rope_theta,
-            max_position_embeddings: c.max_position_embeddings,
-            sliding_window: c.sliding_window,
-            tied_embeddings: c.tie_word_embeddings,
-            weight_dtype: ck.weight_dtype.clone(),
-            bos_token_id: c.bos_token_id,
-            eos_token_id: c.eos_token_id,
-        };
-        Ok(Llama {
-            config: c,
-            summary,
-            tokenizer: ck.tokenizer,
-            embed,
-            blocks,
-            norm,
-            lm_head,
-            device: options.device,
-            dtype: options.dtype,
+        Ok(Attention {
+            q_proj: ld.linear(&(p / "q_proj"), q_out, h)?,
+            k_proj: ld.linear(&(p / "k_proj"), kv_out, h)?,
+            v_proj: ld.linear(&(p / "v_proj"), kv_out, h)?,
+            o_proj: ld.linear(&(p / "o_proj"), h, q_out)?,
+            num_heads: c.num_heads as i64,
+            num_kv_heads: c.num_kv_heads as i64,
+            head_dim: c.head_dim as i64,
+            sliding_window: c.sliding_window.map(|w| w as i64),
         })
     }
 
-    /// The runtime config.
-    pub fn config(&self) -> &LlamaConfig {
-        &self.config
-    }
-
-    fn head(&self) -> &Tensor {
-        self.lm_head.as_ref().unwrap_or(&self.embed)
-    }
-
-    /// HF's `LlamaRMSNorm`: normalise in f32, cast back, then scale by the weight.
-    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
-        let xf = x.to_kind(Kind::Float);
-        let var = xf.square().mean_dim(-1, true, Kind::Float);
-        (xf * (var + self.config.rms_norm_eps).rsqrt()).to_kind(self.dtype) * w
-    }
-
-    fn check_tables(&self, tables: &LayerTables) -> Result<()> {
-        if tables.layers.len() != self.config.num_layers {
-            return Err(ModelError::invalid(
-                "rope tables",
-                format!("{} layers of tables for a model of {} layers", tables.layers.len(), self.config.num_layers),
-            ));
-        }
-        let half = self.config.head_dim / 2;
-        for (l, t) in tables.layers.iter().enumerate() {
-            let bad = t.inv_freq.len() != half || t.retained.as_ref().is_some_and(|r| r.inv_freq.len() != half);
-            if bad {
-                return Err(ModelError::invalid(
-                    "rope tables",
-                    format!("layer {l}: expected {half} inverse frequencies (head_dim {})", self.config.head_dim),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// The decoder trunk: final-normed hidden states `[batch, seq, hidden]` for `tokens` `[batch, seq]`.
-    pub fn hidden_states(&self, tokens: &Tensor, tables: &LayerTables, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let _guard = tch::no_grad_guard();
-        self.check_tables(tables)?;
-        let size = tokens.size();
-        if size.len() != 2 || size[1] == 0 {
-            return Err(ModelError::invalid("tokens", format!("expected a non-empty [batch, seq] tensor, got {size:?}")));
-        }
+    /// Attention output `[b, s, hidden]` for `x` `[b, s, hidden]` at positions `past ..` (cos/sin broadcast to
+    /// `[b, heads, s, head_dim]`). With a cache slot, the keys/values continue the cached ones and are stored.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        past: i64,
+    ) -> Tensor {
+        let size = x.size();
         let (b, s) = (size[0], size[1]);
-        let tokens = tokens.f_to_kind(Kind::Int64)?.f_to_device(self.device)?;
-        let (lo, hi) = (tokens.min().int64_value(&[]), tokens.max().int64_value(&[]));
-        if lo < 0 || hi >= self.config.vocab_size as i64 {
-            return Err(ModelError::invalid("tokens", format!("ids must be in 0..{}, got {lo}..={hi}", self.config.vocab_size)));
-        }
-        let past = match cache.as_deref_mut() {
-            Some(c) => {
-                if c.len > 0 && c.tables.as_ref() != Some(tables) {
-                    return Err(ModelError::invalid(
-                        "kv cache",
-                        "the cache was built with other rope tables; rebuild it (re-prefill) when tables change",
-                    ));
-                }
-                if c.layers.len() != self.config.num_layers {
-                    c.layers = (0..self.config.num_layers).map(|_| None).collect();
-                    c.len = 0;
-                }
-                c.len
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = self.q_proj.forward(x).reshape([b, s, nh, hd]).transpose(1, 2);
+        let k = self.k_proj.forward(x).reshape([b, s, nkv, hd]).transpose(1, 2);
+        let mut v = self.v_proj.forward(x).reshape([b, s, nkv, hd]).transpose(1, 2);
+        let q = &q * cos + rotate_half(&q) * sin;
+        let mut k = &k * cos + rotate_half(&k) * sin;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2);
+                v = Tensor::cat(&[pv, &v], 2);
             }
-            None => 0,
-        };
-        let (nh, nkv, hd) = (self.config.num_heads as i64, self.config.num_kv_heads as i64, self.config.head_dim as i64);
-        let mut rope_cache: Vec<(Arc<RopeTables>, Tensor, Tensor)> = Vec::new();
-        let mut x = Tensor::embedding(&self.embed, &tokens, -1, false, false);
-        for (l, blk) in self.blocks.iter().enumerate() {
-            let t = &tables.layers[l];
-            let idx = match rope_cache.iter().position(|(c, _, _)| Arc::ptr_eq(c, t) || **c == **t) {
-                Some(i) => i,
-                None => {
-                    let (c, sn) = rope::cos_sin(t, past, s as usize, self.device, self.dtype);
-                    rope_cache.push((t.clone(), c.view([1, 1, s, hd]), sn.view([1, 1, s, hd])));
-                    rope_cache.len() - 1
-                }
-            };
-            let (_, cos, sin) = &rope_cache[idx];
-            let hn = self.rms_norm(&x, &blk.input_norm);
-            let q = hn.linear(&blk.q, None::<Tensor>).view([b, s, nh, hd]).transpose(1, 2);
-            let k = hn.linear(&blk.k, None::<Tensor>).view([b, s, nkv, hd]).transpose(1, 2);
-            let v = hn.linear(&blk.v, None::<Tensor>).view([b, s, nkv, hd]).transpose(1, 2);
-            let q = &q * cos + rotate_half(&q) * sin;
-            let mut k = &k * cos + rotate_half(&k) * sin;
-            let mut v = v;
-            if let Some(c) = cache.as_deref_mut() {
-                if let Some((pk, pv)) = &c.layers[l] {
-                    k = Tensor::cat(&[pk, &k], 2);
-                    v = Tensor::cat(&[pv, &v], 2);
-                }
-                c.layers[l] = Some((k.shallow_clone(), v.shallow_clone()));
-            }
-            let attn = self.attention(&q, &k, &v, past as i64);
-            let o = attn.transpose(1, 2).reshape([b, s, nh * hd]).linear(&blk.o, None::<Tensor>);
-            x += o;
-            let hn = self.rms_norm(&x, &blk.post_norm);
-            let mlp = (hn.linear(&blk.gate, None::<Tensor>).silu() * hn.linear(&blk.up, None::<Tensor>))
-                .linear(&blk.down, None::<Tensor>);
-            x += mlp;
+            *slot = Some((k.shallow_clone(), v.shallow_clone()));
         }
-        if let Some(c) = cache {
-            c.len = past + s as usize;
-            c.tables = Some(tables.clone());
-        }
-        Ok(self.rms_norm(&x, &self.norm))
+        let attn = self.attend(&q, &k, &v, past);
+        self.o_proj.forward(&attn.transpose(1, 2).reshape([b, s, nh * hd]))
     }
 
     /// Causal (optionally sliding-window) attention of queries at positions `past ..` over all keys.
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: i64) -> Tensor {
-        let rep = (self.config.num_heads / self.config.num_kv_heads) as i64;
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: i64) -> Tensor {
+        let rep = self.num_heads / self.num_kv_heads;
         let s = q.size()[2];
-        let window = self.config.sliding_window.map(|w| w as i64);
+        let window = self.sliding_window;
         if window.is_none() && s == 1 && rep > 1 {
             // A decoding step: one query per head, every cached key visible. The `rep` query heads that share
             // a KV head (head h reads KV head h / rep, as in HF's `repeat_kv`) become `rep` queries of that KV
@@ -512,6 +423,7 @@ impl Llama {
         if window.is_none() && s == 1 {
             return Tensor::scaled_dot_product_attention(q, &k, &v, None::<Tensor>, 0.0, false, None, false);
         }
+        let device = q.device();
         let mut outs = Vec::new();
         let mut q0 = 0;
         while q0 < s {
@@ -519,8 +431,8 @@ impl Llama {
             let (first, last) = (past + q0, past + q1 - 1);
             let lo = window.map(|w| (first + 1 - w).max(0)).unwrap_or(0);
             let hi = last + 1;
-            let i = Tensor::arange_start(first, last + 1, (Kind::Int64, self.device)).unsqueeze(1);
-            let j = Tensor::arange_start(lo, hi, (Kind::Int64, self.device)).unsqueeze(0);
+            let i = Tensor::arange_start(first, last + 1, (Kind::Int64, device)).unsqueeze(1);
+            let j = Tensor::arange_start(lo, hi, (Kind::Int64, device)).unsqueeze(0);
             let mut mask = j.le_tensor(&i);
             if let Some(w) = window {
                 mask = mask.logical_and(&(&i - &j).lt(w));
@@ -544,10 +456,261 @@ impl Llama {
             Tensor::cat(&outs, 2)
         }
     }
+}
 
-    /// NLL with the LM head applied over chunks of `chunk` positions.
+/// The SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug)]
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(p: &nn::Path, ld: &mut Loader, c: &LlamaConfig) -> Result<Self> {
+        let (h, i) = (c.hidden_size as i64, c.intermediate_size as i64);
+        Ok(Mlp {
+            gate_proj: ld.linear(&(p / "gate_proj"), i, h)?,
+            up_proj: ld.linear(&(p / "up_proj"), i, h)?,
+            down_proj: ld.linear(&(p / "down_proj"), h, i)?,
+        })
+    }
+
+    /// The MLP output for `x` `[..., hidden]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+    }
+}
+
+/// One decoder layer: pre-norm attention and pre-norm MLP, each with its residual.
+#[derive(Debug)]
+pub struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn load(p: &nn::Path, ld: &mut Loader, c: &LlamaConfig) -> Result<Self> {
+        let h = c.hidden_size as i64;
+        Ok(Block {
+            input_layernorm: RmsNorm::load(&(p / "input_layernorm"), ld, h, c.rms_norm_eps)?,
+            self_attn: Attention::load(&(p / "self_attn"), ld, c)?,
+            post_attention_layernorm: RmsNorm::load(&(p / "post_attention_layernorm"), ld, h, c.rms_norm_eps)?,
+            mlp: Mlp::load(&(p / "mlp"), ld, c)?,
+        })
+    }
+
+    /// The layer's output for `x` `[b, s, hidden]` (see [`Attention::forward`] for the other arguments).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        past: i64,
+    ) -> Tensor {
+        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, cache, past);
+        let out = self.mlp.forward(&self.post_attention_layernorm.forward(&h));
+        h + out
+    }
+
+    /// The block's projections by their module names relative to the block.
+    fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", &mut a.o_proj),
+            ("mlp.gate_proj", &mut m.gate_proj),
+            ("mlp.up_proj", &mut m.up_proj),
+            ("mlp.down_proj", &mut m.down_proj),
+        ]
+    }
+}
+
+/// A Llama-family causal LM on libtorch (also Mistral, with a sliding window). Its weights live in a
+/// `VarStore` under their HF names; the blocks hold handles to them.
+pub struct Llama {
+    config: LlamaConfig,
+    summary: ModelSummary,
+    tokenizer: tokenizers::Tokenizer,
+    vs: nn::VarStore,
+    embed_tokens: Tensor,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Option<Tensor>,
+    device: Device,
+    dtype: Kind,
+}
+
+impl Llama {
+    /// Build the model from a checkpoint: move weights to the device and dtype, check every shape, register
+    /// them in the model's `VarStore`. `arch` is the plugin name shown in the summary.
+    pub fn from_checkpoint(mut ck: Checkpoint, arch: &str, options: &LoadOptions) -> Result<Self> {
+        match options.dtype {
+            Kind::Float | Kind::BFloat16 | Kind::Half => {}
+            other => return Err(ModelError::invalid("dtype", format!("{other:?}: expected f32, bf16 or f16"))),
+        }
+        let c = ck.config.clone();
+        let (h, v) = (c.hidden_size as i64, c.vocab_size as i64);
+        let vs = nn::VarStore::new(options.device);
+        let root = vs.root();
+        let model = &root / "model";
+        let format = ck.format;
+        let weight_dtype = ck.weight_dtype.clone();
+        let mut ld = Loader { ck: &mut ck, options };
+        let embed_tokens = ld.take(&(&model / "embed_tokens"), "weight", &[v, h])?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            layers.push(Block::load(&(&model / "layers" / l), &mut ld, &c)?);
+        }
+        let norm = RmsNorm::load(&(&model / "norm"), &mut ld, h, c.rms_norm_eps)?;
+        let lm_head = if c.tie_word_embeddings { None } else { Some(ld.take(&(&root / "lm_head"), "weight", &[v, h])?) };
+        let summary = ModelSummary {
+            arch: arch.to_string(),
+            format: format.to_string(),
+            num_layers: c.num_layers,
+            hidden_size: c.hidden_size,
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            vocab_size: c.vocab_size,
+            rope_base: c.rope_theta,
+            max_position_embeddings: c.max_position_embeddings,
+            sliding_window: c.sliding_window,
+            tied_embeddings: c.tie_word_embeddings,
+            weight_dtype,
+            bos_token_id: c.bos_token_id,
+            eos_token_id: c.eos_token_id,
+            rope_scaling: c.rope_scaling.clone(),
+        };
+        Ok(Llama {
+            config: c,
+            summary,
+            tokenizer: ck.tokenizer,
+            vs,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            device: options.device,
+            dtype: options.dtype,
+        })
+    }
+
+    /// The runtime config.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    fn check_tables(&self, tables: &LayerTables) -> Result<()> {
+        if tables.layers.len() != self.config.num_layers {
+            return Err(ModelError::invalid(
+                "rope tables",
+                format!("{} layers of tables for a model of {} layers", tables.layers.len(), self.config.num_layers),
+            ));
+        }
+        let half = self.config.head_dim / 2;
+        for (l, t) in tables.layers.iter().enumerate() {
+            let bad = t.inv_freq.len() != half || t.retained.as_ref().is_some_and(|r| r.inv_freq.len() != half);
+            if bad {
+                return Err(ModelError::invalid(
+                    "rope tables",
+                    format!("layer {l}: expected {half} inverse frequencies (head_dim {})", self.config.head_dim),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Token ids as an i64 tensor on the model's device, checked: `[batch, seq]`, non-empty, within the vocabulary.
+    fn checked_tokens(&self, tokens: &Tensor) -> Result<Tensor> {
+        let size = tokens.size();
+        if size.len() != 2 || size[1] == 0 || size[0] == 0 {
+            return Err(ModelError::invalid("tokens", format!("expected a non-empty [batch, seq] tensor, got {size:?}")));
+        }
+        let tokens = tokens.f_to_kind(Kind::Int64)?.f_to_device(self.device)?;
+        let (lo, hi) = (tokens.min().int64_value(&[]), tokens.max().int64_value(&[]));
+        if lo < 0 || hi >= self.config.vocab_size as i64 {
+            return Err(ModelError::invalid("tokens", format!("ids must be in 0..{}, got {lo}..={hi}", self.config.vocab_size)));
+        }
+        Ok(tokens)
+    }
+
+    /// Per-layer cos/sin `[b or 1, 1, s, head_dim]` for `positions` (`[s]` or `[b, s]`).
+    fn rotary_at(&self, tables: &LayerTables, positions: &Tensor) -> Result<Rotary> {
+        self.check_tables(tables)?;
+        let pos = positions.f_to_kind(Kind::Int64)?.f_to_device(self.device)?;
+        let pos = match pos.dim() {
+            1 => pos.unsqueeze(0),
+            2 => pos,
+            d => return Err(ModelError::invalid("positions", format!("expected [seq] or [batch, seq], got {d} dimensions"))),
+        };
+        let (pb, ps) = (pos.size()[0], pos.size()[1]);
+        let hd = self.config.head_dim as i64;
+        let mut made: Vec<(Arc<RopeTables>, Tensor, Tensor)> = Vec::new();
+        let (mut cos, mut sin) = (Vec::with_capacity(tables.layers.len()), Vec::with_capacity(tables.layers.len()));
+        for t in &tables.layers {
+            let idx = match made.iter().position(|(c, _, _)| Arc::ptr_eq(c, t) || **c == **t) {
+                Some(i) => i,
+                None => {
+                    let (c, s) = rope::cos_sin_at(t, &pos, self.dtype);
+                    made.push((t.clone(), c.view([pb, 1, ps, hd]), s.view([pb, 1, ps, hd])));
+                    made.len() - 1
+                }
+            };
+            cos.push(made[idx].1.shallow_clone());
+            sin.push(made[idx].2.shallow_clone());
+        }
+        Ok(Rotary { cos, sin })
+    }
+
+    /// The decoder trunk: final-normed hidden states `[batch, seq, hidden]` for `tokens` `[batch, seq]` at
+    /// positions `cache.len ..` (0 without a cache). With a cache, the tokens continue the cached sequence and
+    /// the cache is extended; a cache built under other tables is refused.
+    pub fn hidden_states(&self, tokens: &Tensor, tables: &LayerTables, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.check_tables(tables)?;
+        let tokens = self.checked_tokens(tokens)?;
+        let s = tokens.size()[1];
+        let past = match cache.as_deref_mut() {
+            Some(c) => {
+                if c.len > 0 && c.tables.as_ref() != Some(tables) {
+                    return Err(ModelError::invalid(
+                        "kv cache",
+                        "the cache was built with other rope tables; rebuild it (re-prefill) when tables change",
+                    ));
+                }
+                if c.layers.len() != self.config.num_layers {
+                    c.layers = (0..self.config.num_layers).map(|_| None).collect();
+                    c.len = 0;
+                }
+                c.len
+            }
+            None => 0,
+        };
+        let positions = Tensor::arange_start(past as i64, past as i64 + s, (Kind::Int64, self.device));
+        let rotary = self.rotary_at(tables, &positions)?;
+        let mut x = Tensor::embedding(&self.embed_tokens, &tokens, -1, false, false);
+        for (l, blk) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            x = blk.forward(&x, &rotary.cos[l], &rotary.sin[l], slot, past as i64);
+        }
+        if let Some(c) = cache {
+            c.len = past + s as usize;
+            c.tables = Some(tables.clone());
+        }
+        Ok(self.norm.forward(&x))
+    }
+
+    /// NLL with the LM head applied over chunks of `chunk` positions (run it under `no_grad` for evaluation).
     pub fn nll_chunked(&self, tokens: &[i64], tables: &LayerTables, score_from: usize, chunk: usize) -> Result<NllSum> {
-        let _guard = tch::no_grad_guard();
         let n = tokens.len();
         let first = score_from.max(1);
         if first >= n {
@@ -555,18 +718,10 @@ impl Llama {
         }
         let ids = Tensor::from_slice(tokens).unsqueeze(0);
         let hidden = self.hidden_states(&ids, tables, None)?.squeeze_dim(0);
-        let mut sum = 0.0;
-        let mut start = first;
-        while start < n {
-            let end = (start + chunk.max(1)).min(n);
-            let h = hidden.narrow(0, (start - 1) as i64, (end - start) as i64);
-            let logits = h.linear(self.head(), None::<Tensor>).to_kind(Kind::Float);
-            let logp = logits.log_softmax(-1, Kind::Float);
-            let target = Tensor::from_slice(&tokens[start..end]).to_device(self.device).unsqueeze(1);
-            sum -= logp.gather(1, &target, false).sum(Kind::Double).double_value(&[]);
-            start = end;
-        }
-        Ok(NllSum { sum, count: n - first })
+        let h = hidden.narrow(0, (first - 1) as i64, (n - first) as i64);
+        let targets = Tensor::from_slice(&tokens[first..]).to_device(self.device);
+        let sum = longrope_core::model::chunked_nll_sum(&h, self.head(), &targets, chunk).to_kind(Kind::Double);
+        Ok(NllSum { sum: sum.double_value(&[]), count: n - first })
     }
 }
 
@@ -599,17 +754,88 @@ impl LanguageModel for Llama {
         self.dtype
     }
     fn forward(&self, tokens: &Tensor, tables: &LayerTables, cache: Option<&mut KvCache>) -> longrope_core::Result<Tensor> {
-        let _guard = tch::no_grad_guard();
         let h = self.hidden_states(tokens, tables, cache)?;
         Ok(h.linear(self.head(), None::<Tensor>).to_kind(Kind::Float))
     }
     fn forward_last(&self, tokens: &Tensor, tables: &LayerTables, cache: Option<&mut KvCache>) -> longrope_core::Result<Tensor> {
-        let _guard = tch::no_grad_guard();
         let h = self.hidden_states(tokens, tables, cache)?.select(1, -1);
         Ok(h.linear(self.head(), None::<Tensor>).to_kind(Kind::Float))
     }
     fn nll(&self, tokens: &[i64], tables: &LayerTables, score_from: usize) -> longrope_core::Result<NllSum> {
         Ok(self.nll_chunked(tokens, tables, score_from, NLL_CHUNK)?)
+    }
+    fn decoder(&self) -> Option<&dyn Decoder> {
+        Some(self)
+    }
+    fn decoder_mut(&mut self) -> Option<&mut dyn Decoder> {
+        Some(self)
+    }
+}
+
+impl Decoder for Llama {
+    fn rotary(&self, tables: &LayerTables, positions: &Tensor) -> longrope_core::Result<Rotary> {
+        Ok(self.rotary_at(tables, positions)?)
+    }
+    fn embed(&self, tokens: &Tensor) -> longrope_core::Result<Tensor> {
+        let tokens = self.checked_tokens(tokens)?;
+        Ok(Tensor::embedding(&self.embed_tokens, &tokens, -1, false, false))
+    }
+    fn block(&self, layer: usize, x: &Tensor, rotary: &Rotary) -> longrope_core::Result<Tensor> {
+        let blk = self.layers.get(layer).ok_or_else(|| {
+            ModelError::invalid("layer", format!("{layer} is out of range (the model has {} layers)", self.layers.len()))
+        })?;
+        let (cos, sin) = (&rotary.cos[layer], &rotary.sin[layer]);
+        Ok(blk.forward(x, cos, sin, None, 0))
+    }
+    fn final_norm(&self, x: &Tensor) -> Tensor {
+        self.norm.forward(x)
+    }
+    fn lm_head(&self) -> &Tensor {
+        self.head()
+    }
+    fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::with_capacity(7 * self.layers.len());
+        for (l, blk) in self.layers.iter_mut().enumerate() {
+            for (name, lin) in blk.linears_mut() {
+                out.push((format!("model.layers.{l}.{name}"), lin));
+            }
+        }
+        out
+    }
+    fn hf_config(&self) -> serde_json::Value {
+        let c = &self.config;
+        let arch = self.summary.arch.as_str();
+        let class = match arch {
+            "mistral" => "MistralForCausalLM",
+            _ => "LlamaForCausalLM",
+        };
+        let mut doc = serde_json::json!({
+            "architectures": [class],
+            "model_type": arch,
+            "vocab_size": c.vocab_size,
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size,
+            "num_hidden_layers": c.num_layers,
+            "num_attention_heads": c.num_heads,
+            "num_key_value_heads": c.num_kv_heads,
+            "head_dim": c.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": c.rms_norm_eps,
+            "rope_theta": c.rope_theta,
+            "max_position_embeddings": c.max_position_embeddings,
+            "tie_word_embeddings": c.tie_word_embeddings,
+            "attention_bias": false,
+            "mlp_bias": false,
+            "bos_token_id": c.bos_token_id,
+            "eos_token_id": c.eos_token_id,
+        });
+        if arch == "mistral" {
+            doc["sliding_window"] = serde_json::json!(c.sliding_window);
+        }
+        doc
     }
 }
 

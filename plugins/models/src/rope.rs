@@ -3,41 +3,39 @@
 //! Computed as HF transformers' `LlamaRotaryEmbedding` does: positions and `inv_freq` in f32, the angle
 //! `position * inv_freq` in f32, `emb = cat(freqs, freqs)`, `cos = emb.cos() * attn_factor` (and sin), and only
 //! then cast to the compute dtype ("f32 tables, cast late"). Positions `< retained.n_hat` use the retained
-//! (original) tables: LongRoPE's start tokens (arXiv 2402.13753, Eq. 3).
+//! (original) tables: LongRoPE's start tokens (arXiv 2402.13753, Eq. 3). Positions may be any set of
+//! integers (PoSE's skipped positions, arXiv 2309.10400), one row per sequence of a batch.
 
 use longrope_core::RopeTables;
 use tch::{Device, Kind, Tensor};
 
 /// cos and sin of positions `start .. start + len`, each `[len, head_dim]` in `dtype`.
 pub fn cos_sin(tables: &RopeTables, start: usize, len: usize, device: Device, dtype: Kind) -> (Tensor, Tensor) {
-    let end = start + len;
-    let mut cos = Vec::new();
-    let mut sin = Vec::new();
-    let mut at = start;
-    if let Some(r) = &tables.retained {
-        if start < r.n_hat {
-            let to = r.n_hat.min(end);
-            let (c, s) = segment(&r.inv_freq, r.attn_factor, start, to, device);
-            cos.push(c);
-            sin.push(s);
-            at = to;
-        }
-    }
-    if at < end || cos.is_empty() {
-        let (c, s) = segment(&tables.inv_freq, tables.attn_factor, at, end, device);
-        cos.push(c);
-        sin.push(s);
-    }
-    let join = |v: Vec<Tensor>| if v.len() == 1 { v.into_iter().next().expect("one") } else { Tensor::cat(&v, 0) };
-    (join(cos).to_kind(dtype), join(sin).to_kind(dtype))
+    let positions = Tensor::arange_start(start as i64, (start + len) as i64, (Kind::Int64, device));
+    cos_sin_at(tables, &positions, dtype)
 }
 
-/// f32 cos/sin `[to - from, head_dim]` of one set of inverse frequencies.
-fn segment(inv_freq: &[f64], attn_factor: f64, from: usize, to: usize, device: Device) -> (Tensor, Tensor) {
+/// cos and sin of arbitrary integer `positions` (any shape `[...]`, on the device they should be computed on),
+/// each `[..., head_dim]` in `dtype`.
+pub fn cos_sin_at(tables: &RopeTables, positions: &Tensor, dtype: Kind) -> (Tensor, Tensor) {
+    let pos = positions.to_kind(Kind::Float);
+    let (mut cos, mut sin) = angles(&tables.inv_freq, tables.attn_factor, &pos);
+    if let Some(r) = &tables.retained {
+        let start = positions.lt(r.n_hat as i64).unsqueeze(-1);
+        if start.any().int64_value(&[]) != 0 {
+            let (rc, rs) = angles(&r.inv_freq, r.attn_factor, &pos);
+            cos = rc.where_self(&start, &cos);
+            sin = rs.where_self(&start, &sin);
+        }
+    }
+    (cos.to_kind(dtype), sin.to_kind(dtype))
+}
+
+/// f32 `cos/sin(pos * inv_freq) * attn_factor`, `[..., head_dim]` (the halves repeated).
+fn angles(inv_freq: &[f64], attn_factor: f64, pos: &Tensor) -> (Tensor, Tensor) {
     let inv: Vec<f32> = inv_freq.iter().map(|&f| f as f32).collect();
-    let inv = Tensor::from_slice(&inv).to_device(device);
-    let pos = Tensor::arange_start(from as i64, to as i64, (Kind::Float, device));
-    let freqs = pos.unsqueeze(1) * inv.unsqueeze(0);
+    let inv = Tensor::from_slice(&inv).to_device(pos.device());
+    let freqs = pos.unsqueeze(-1) * inv;
     let emb = Tensor::cat(&[&freqs, &freqs], -1);
     let (mut c, mut s) = (emb.cos(), emb.sin());
     if attn_factor != 1.0 {
@@ -64,6 +62,24 @@ mod tests {
         for i in 0..10 {
             assert!((c[i] - rc[i]).abs() < 1e-6, "cos {i}: {} vs {}", c[i], rc[i]);
             assert!((s[i] - rs[i]).abs() < 1e-6, "sin {i}: {} vs {}", s[i], rs[i]);
+        }
+    }
+
+    #[test]
+    fn arbitrary_positions_per_row_equal_the_host_reference() {
+        let mut t = RopeTables::new(vec![0.5, 0.01], 1.25);
+        t.retained = Some(RetainedStart { n_hat: 2, inv_freq: vec![1.0, 0.1], attn_factor: 1.0 });
+        // Two rows with skipped positions (PoSE): [0, 1, 7, 8] and [0, 5, 6, 9].
+        let pos = Tensor::from_slice(&[0i64, 1, 7, 8, 0, 5, 6, 9]).view([2, 4]);
+        let (c, s) = cos_sin_at(&t, &pos, Kind::Float);
+        assert_eq!(c.size(), vec![2, 4, 4]);
+        for (row, ps) in [[0usize, 1, 7, 8], [0, 5, 6, 9]].iter().enumerate() {
+            let (rc, rs) = t.cos_sin(ps);
+            let got_c: Vec<f32> = Vec::try_from(c.get(row as i64).narrow(1, 0, 2).flatten(0, -1)).unwrap();
+            let got_s: Vec<f32> = Vec::try_from(s.get(row as i64).narrow(1, 2, 2).flatten(0, -1)).unwrap();
+            for i in 0..8 {
+                assert!((got_c[i] - rc[i]).abs() < 1e-6 && (got_s[i] - rs[i]).abs() < 1e-6, "row {row} {i}");
+            }
         }
     }
 }

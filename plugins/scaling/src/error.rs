@@ -92,14 +92,6 @@ pub enum ScalingError {
         /// What is wrong.
         message: String,
     },
-    /// A method whose tables cannot be expressed as an HF `longrope` block.
-    #[error("cannot export `{method}` as an HF `rope_scaling` longrope block: {reason}")]
-    NotExportable {
-        /// The method.
-        method: String,
-        /// Why not.
-        reason: String,
-    },
     /// An I/O error on a named file.
     #[error("{path}: {source}")]
     Io {

@@ -6,12 +6,17 @@
 //! Peak RSS is `VmHWM` of `/proc/self/status`, reset before each run by writing `5` to
 //! `/proc/self/clear_refs` (Linux), so each number is that run's peak (weights included).
 //! `scripts/bench_hf.py` measures HF transformers the same way.
+//!
+//! `longrope bench train --config FT.toml --steps 6 --dtypes f32,bf16`: the same fine-tune steps (same data,
+//! same initial weights) in each compute dtype: tokens/s (mean over the steps after the first), peak RSS, and
+//! each dtype's loss curve against f32's (largest relative difference per step), which is how the project
+//! chooses f32 or bf16 compute on a CPU (keep the loss within 1% of f32).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use longrope_core::device::dtype_name;
+use longrope_core::device::{dtype_name, peak_rss_mib, reset_peak_rss};
 use longrope_core::model::{KvCache, LanguageModel};
 use longrope_core::scaling::LayerTables;
 use tch::Tensor;
@@ -31,6 +36,25 @@ enum BenchCommand {
     Forward(ForwardArgs),
     /// Time the prefill of a prompt into the KV cache and then one-token decoding steps (generation, passkey).
     Decode(DecodeArgs),
+    /// Run the same fine-tune steps in several compute dtypes: tokens/s, peak RSS, loss curves against f32.
+    Train(TrainArgs),
+}
+
+/// Arguments of `longrope bench train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// A fine-tune config (configs/finetune/*.toml); its steps, checkpoints and export are overridden.
+    #[arg(long)]
+    config: PathBuf,
+    /// Optimizer steps per dtype.
+    #[arg(long, default_value_t = 6)]
+    steps: usize,
+    /// Compute dtypes, comma-separated (f32 first: the others are compared with it).
+    #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
+    dtypes: Vec<String>,
+    /// Print one JSON array of runs.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `longrope bench decode`.
@@ -81,7 +105,68 @@ pub fn run(args: Args) -> Result<()> {
     match args.command {
         BenchCommand::Forward(a) => forward(a),
         BenchCommand::Decode(a) => decode(a),
+        BenchCommand::Train(a) => train(a),
     }
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    use longrope_train::trainer::{read_log, Finetune, RunOptions, Trainer};
+    if args.steps < 2 || args.dtypes.is_empty() {
+        bail!("--steps must be at least 2 (the first step is not timed) and --dtypes non-empty");
+    }
+    let scratch = std::env::temp_dir().join(format!("longrope-bench-train-{}", std::process::id()));
+    let mut runs = Vec::new();
+    let mut reference: Option<Vec<f64>> = None;
+    for dtype in &args.dtypes {
+        let mut spec = Finetune::load(&args.config)?;
+        spec.file.model.dtype = dtype.clone();
+        spec.file.train.steps = args.steps;
+        spec.file.optim.warmup_steps = spec.file.optim.warmup_steps.min(args.steps);
+        spec.file.train.checkpoint_every = 0;
+        spec.file.export.enabled = false;
+        spec.file.validate(&spec.origin)?;
+        let m = &spec.file.model;
+        let mut model = load_model(&m.path, &m.device, dtype, None)?;
+        let out = scratch.join(dtype);
+        let _ = std::fs::remove_dir_all(&out);
+        reset_peak_rss();
+        let opts = RunOptions { out_dir: out.clone(), resume: false, stop_after_steps: None, progress: !args.json };
+        Trainer::new(&spec, model.as_mut(), opts)?.run(&mut |_| {})?;
+        let peak = peak_rss_mib();
+        let log = read_log(&out.join("train_log.jsonl"))?;
+        let timed = &log[1..];
+        let tok_s = timed.iter().map(|r| r.tokens as f64).sum::<f64>() / timed.iter().map(|r| r.seconds).sum::<f64>();
+        let losses: Vec<f64> = log.iter().map(|r| r.loss).collect();
+        let vs_first = reference.as_ref().map(|r| {
+            r.iter().zip(&losses).map(|(a, b)| ((b - a) / a).abs()).fold(0.0f64, f64::max)
+        });
+        reference.get_or_insert_with(|| losses.clone());
+        let run = serde_json::json!({
+            "dtype": dtype,
+            "steps": log.len(),
+            "tokens_per_step": log[0].tokens,
+            "tokens_per_s": tok_s,
+            "peak_rss_mib": peak,
+            "losses": losses,
+            "max_rel_loss_diff_vs_first": vs_first,
+        });
+        if !args.json {
+            println!(
+                "{dtype:>5}  {} steps x {} tokens  {tok_s:>7.1} tok/s  peak RSS {:>7.0} MiB  loss {}{}",
+                log.len(),
+                log[0].tokens,
+                peak.unwrap_or(f64::NAN),
+                losses.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>().join(" "),
+                vs_first.map(|d| format!("  max |loss - {}| / loss = {:.3}%", args.dtypes[0], 100.0 * d)).unwrap_or_default()
+            );
+        }
+        runs.push(run);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+    }
+    Ok(())
 }
 
 /// `n` deterministic pseudo-random token ids below `vocab` (throughput does not depend on the text).
@@ -106,6 +191,7 @@ fn per_dtype_and_length(
     json: bool,
     mut one: impl FnMut(&dyn LanguageModel, &LayerTables, &[i64]) -> Result<(serde_json::Value, String)>,
 ) -> Result<()> {
+    let _no_grad = tch::no_grad_guard();
     let mut runs = Vec::new();
     for dtype in dtypes {
         let model = load_model(model_path, device, dtype, None)?;
@@ -165,17 +251,6 @@ fn decode(args: DecodeArgs) -> Result<()> {
     })
 }
 
-/// Peak resident set size of this process in MiB (`VmHWM`), if readable.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
 
 /// `--lengths` within `longrope_core::limits` (a length of 1e11 would abort on allocation).
 fn check_lengths(lengths: &[usize]) -> Result<()> {

@@ -93,7 +93,7 @@ pub enum Which {
 fn evaluator_config(name: &str, args: &Args) -> Result<Box<dyn EvaluatorConfig>> {
     // A built-in name is never read as a file (a file named `ppl` in the working directory is not a config).
     let builtin = matches!(name, "ppl" | "passkey" | "needle-ppl");
-    if !builtin && (name.ends_with(".toml") || Path::new(name).exists()) {
+    if !builtin && (name.ends_with(".toml") || Path::new(name).is_file()) {
         let text = longrope_core::files::read_text(Path::new(name), longrope_core::files::MAX_CONFIG_BYTES)?;
         return Ok(parse_evaluator_toml(&text, name)?);
     }

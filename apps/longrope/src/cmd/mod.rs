@@ -11,3 +11,4 @@ pub mod rope;
 pub mod search;
 pub mod run;
 pub mod compare;
+pub mod finetune;

@@ -60,6 +60,9 @@ fn info(args: InfoArgs) -> Result<()> {
         println!("sliding window   {w}");
     }
     println!("tied embeddings  {}", s.tied_embeddings);
+    if let Some(block) = &s.rope_scaling {
+        println!("rope scaling     {} (checkpoint's own; pass --scaling to use it)", block);
+    }
     println!("weights          {}", s.weight_dtype);
     Ok(())
 }
@@ -76,9 +79,18 @@ pub fn load_model(
 }
 
 /// The RoPE schedule of `--scaling CONFIG` (default `none`: the model's own RoPE) for a target context
-/// `target` (default: the model's trained context).
+/// `target` (default: the model's trained context). A checkpoint that carries its own `rope_scaling` (an
+/// exported fine-tune, a long-context release) needs `--scaling`: it is not applied implicitly, and `none`
+/// would silently evaluate the unscaled base RoPE.
 pub fn schedule(model: &dyn LanguageModel, scaling: Option<&str>, target: Option<usize>) -> Result<RopeSchedule> {
     let s = model.summary();
+    if let (None, Some(block)) = (scaling, &s.rope_scaling) {
+        let kind = block.get("rope_type").or_else(|| block.get("type")).and_then(|t| t.as_str()).unwrap_or("?");
+        anyhow::bail!(
+            "the checkpoint's config.json carries its own rope_scaling (type `{kind}`), which is not applied implicitly: \
+             pass --scaling with the method it was made with (e.g. the fine-tune's scaling TOML), or --scaling none for the unscaled RoPE"
+        );
+    }
     let shape = s.rope_shape(target.unwrap_or(s.max_position_embeddings));
     let spec = scaling.unwrap_or("none");
     let config = load_scaling_config(spec).with_context(|| format!("--scaling {spec}"))?;

@@ -32,15 +32,19 @@ pub fn run(args: Args) -> Result<()> {
     let exp = Experiment::load(&args.experiment).context("invalid experiment")?;
     if args.check {
         println!(
-            "{}: valid: {} models, {} methods, {} searches, {} evaluator entries",
+            "{}: valid: {} models, {} methods, {} searches, {} fine-tunes, {} evaluator entries",
             args.experiment.display(),
             exp.models.len(),
             exp.methods.len(),
             exp.searches.len(),
+            exp.finetunes.len(),
             exp.evals.len()
         );
         for m in &exp.methods {
             println!("  method {}", m.name);
+        }
+        for f in &exp.finetunes {
+            println!("  finetune {} ({} under {})", f.name, f.model, f.method);
         }
         return Ok(());
     }

@@ -226,6 +226,9 @@ sed 's|corpus = \["corpus.txt"\]|corpus = ["/dev/zero"]|' exp.toml > zero.toml
 case_ "an experiment corpus of /dev/zero is refused" err "/dev/zero" "" -- "$L" run zero.toml --out zx
 printf 'method = "longrope"\nfactors_file = "/dev/zero"\n' > lr-zero.toml
 case_ "factors_file = /dev/zero is refused" err "/dev/zero" "" -- $ppl --lengths 64 --out rx --scaling lr-zero.toml
+case_ "finetune --config /dev/zero is refused" err "/dev/zero" "" -- "$L" finetune --config /dev/zero --out fz
+mkdir -p ftdir && echo '{}' > ftdir/finetune.json
+case_ "ppl --out a fine-tuning dir is refused" err "a fine-tuning run" "test ! -e ftdir/results.json" -- $ppl --lengths 64 --out ftdir
 case_ "search --out an experiment dir is refused" err "an experiment run" "cmp ex/results.json ex-results.json || true" -- "$L" search --config s.toml --out ex --no-progress
 cp -r so scorrupt; echo '{"version": 1,' > scorrupt/checkpoint.json
 case_ "resume from a corrupt checkpoint" err "scorrupt/checkpoint.json|corrupt" "" -- "$L" search --config s.toml --out scorrupt --no-progress --resume

@@ -618,6 +618,7 @@ mod tests {
                 cell("yarn", "passkey", 16384, Some(1), 0.5),
             ],
             searches: vec![],
+            finetunes: vec![],
             machine: Machine::detect(),
             wall_seconds: 3.0,
         }

@@ -10,6 +10,7 @@
 # scratch files (default: a temporary directory, removed at the end). Every case runs under an address-space
 # limit (SWEEP_VMEM_KB, default 4000000 = 4 GB; `unlimited` to lift it), so a binary that reads without bound
 # (e.g. `--data /dev/zero` before the fix) fails fast instead of exhausting the machine's memory.
+# (CUDA initialisation on a GPU machine may need more address space: SWEEP_VMEM_KB=unlimited there.)
 set -uo pipefail
 ulimit -v "${SWEEP_VMEM_KB:-4000000}" || exit 2
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -1,7 +1,7 @@
 //! Dynamic plugins end to end: the example `powerlaw` library (built by `cargo test --workspace`, a workspace
 //! `cdylib`) is loaded, listed by the CLI, configured like a static plugin and compared with the same formula
-//! computed here; broken libraries (wrong ABI major, missing symbol, not a library, panicking entry points)
-//! are refused with an error naming the file while the host keeps running.
+//! computed here; broken libraries (wrong ABI major, missing symbol, not a library, truncated, panicking entry
+//! points) are refused with an error naming the file while the host keeps running.
 
 mod common;
 
@@ -198,13 +198,14 @@ fn file_that_is_not_a_library_is_refused() {
     std::fs::write(&path, "this is a text file, not a shared library\n").unwrap();
     let err = load_plugin(&path).unwrap_err();
     let canonical = std::fs::canonicalize(&path).unwrap();
-    assert!(matches!(err, PluginError::Open { .. }), "{err:?}");
+    // Refused by the file check, before the dynamic loader sees it.
+    assert!(matches!(err, PluginError::NotALibrary { .. }), "{err:?}");
     let message = err.to_string();
     assert!(
-        message.starts_with(&format!("plugin {}: cannot be loaded as a shared library: ", canonical.display())),
+        message.starts_with(&format!("plugin {}: not an ELF shared library", canonical.display())),
         "{message}"
     );
-    assert_cli_refuses(&path, "cannot be loaded as a shared library");
+    assert_cli_refuses(&path, "not an ELF shared library");
     let missing = longrope(&["--plugin", "/nonexistent/libnope.so", "plugins"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(stderr(&missing).contains("plugin /nonexistent/libnope.so: "), "{}", stderr(&missing));
@@ -294,4 +295,23 @@ fn cli_rope_runs_the_plugin() {
     let out = longrope(&args);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("panicked: deliberate panic while resolving parameters"), "{}", stderr(&out));
+}
+
+/// Issue 15: a library truncated after its headers (an interrupted copy) made `dlopen` kill the process with
+/// SIGBUS and no message. It is refused, naming the file, at every cut, and the process exits with status 1.
+#[test]
+fn truncated_library_is_refused_without_a_signal() {
+    let bytes = std::fs::read(powerlaw_lib()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for cut in [64, 4096, 20_000, 200_000, bytes.len() / 2, bytes.len() - 1] {
+        let path = dir.path().join(format!("libcut{cut}.so"));
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let out = longrope(&["--plugin", path.to_str().unwrap(), "plugins"]);
+        assert_eq!(out.status.code(), Some(1), "cut at {cut}: killed by a signal or wrong status: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(&format!("libcut{cut}.so")) && err.contains("truncated") && err.contains("refused before loading"), "{err}");
+    }
+    // The complete file still loads.
+    let ok = longrope(&["--plugin", powerlaw_lib().to_str().unwrap(), "plugins"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
 }

@@ -77,3 +77,38 @@ impl Error {
         Error::Io { path: path.into(), source }
     }
 }
+
+/// An error and its causes on one line, `message: cause: cause ...`, as the CLI prints them, without repeating
+/// a cause that the message before it already ends with.
+///
+/// Every error type of longrope-rs shows its cause in its own message (`path: No such file or directory`), so
+/// that `to_string()` alone is complete, and most also return it from `source()` (thiserror does so for a field
+/// named `source` and for `#[from]`). Printing the whole chain naively (anyhow's `{:#}`) therefore says every
+/// I/O error twice; this is the one place the chain is rendered for people.
+pub fn chain_message(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_message_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let e = Error::io("/nonexistent", io);
+        assert_eq!(chain_message(&e), "/nonexistent: No such file or directory (os error 2)");
+        let e = Error::config("a.toml", "bad");
+        assert_eq!(chain_message(&e), "a.toml: bad");
+    }
+}

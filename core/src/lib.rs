@@ -9,12 +9,17 @@
 //! - [`eval`]: the [`Evaluator`] trait; [`search`]: the [`SearchStrategy`] trait;
 //! - [`registry`]: the static (`inventory`) and dynamic plugin registry;
 //! - [`device`]: libtorch environment (version, threads, CUDA), device and dtype parsing;
+//! - [`files`]: atomic writes, output directories, bounded reads of user files; [`digest`]: content
+//!   fingerprints of inputs (SHA-256, cached); [`limits`]: bounds on numeric inputs;
 //! - [`error`]: the crate's typed [`Error`].
 
 pub mod device;
+pub mod digest;
 pub mod error;
 pub mod eval;
+pub mod files;
 pub mod generate;
+pub mod limits;
 pub mod model;
 pub mod nn;
 pub mod registry;

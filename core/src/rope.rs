@@ -37,20 +37,36 @@ impl RopeShape {
         base_inv_freq(self.head_dim, self.rope_base)
     }
 
-    /// Check the shape itself: even positive head_dim, base > 1, positive lengths, at least one layer.
+    /// Check the shape itself against [`crate::limits`]: an even head_dim in `[2, MAX_HEAD_DIM]`, a base in
+    /// `(1, MAX_ROPE_BASE]`, contexts in `[1, MAX_CONTEXT]` with `L'/L <= MAX_SCALE`, layers in
+    /// `[1, MAX_LAYERS]`. Nothing is allocated from a shape before it passes.
     pub fn validate(&self) -> Result<()> {
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
-            return Err(Error::invalid("head_dim", format!("must be even and positive, got {}", self.head_dim)));
+        use crate::limits;
+        limits::int_in("head_dim", self.head_dim, 2, limits::MAX_HEAD_DIM, "the dimension of one attention head")?;
+        if self.head_dim % 2 != 0 {
+            return Err(Error::invalid("head_dim", format!("must be even, got {}", self.head_dim)));
         }
-        if !(self.rope_base.is_finite() && self.rope_base > 1.0) {
-            return Err(Error::invalid("rope_base", format!("must be finite and > 1, got {}", self.rope_base)));
+        if !(self.rope_base.is_finite() && self.rope_base > 1.0 && self.rope_base <= limits::MAX_ROPE_BASE) {
+            return Err(Error::invalid(
+                "rope_base",
+                format!("{} is outside (1, {:e}] (the RoPE base, HF rope_theta)", limits::show(self.rope_base), limits::MAX_ROPE_BASE),
+            ));
         }
-        if self.original_max_position_embeddings == 0 || self.max_position_embeddings == 0 {
-            return Err(Error::invalid("context lengths", "original and target context must be positive"));
+        limits::context("original_max_position_embeddings", self.original_max_position_embeddings, 1)?;
+        limits::context("max_position_embeddings (target context)", self.max_position_embeddings, 1)?;
+        if self.scale() > limits::MAX_SCALE {
+            return Err(Error::invalid(
+                "max_position_embeddings (target context)",
+                format!(
+                    "{} is {}x the original context {}, more than the largest scale {}",
+                    self.max_position_embeddings,
+                    self.scale(),
+                    self.original_max_position_embeddings,
+                    limits::MAX_SCALE
+                ),
+            ));
         }
-        if self.num_layers == 0 {
-            return Err(Error::invalid("num_layers", "must be positive"));
-        }
+        limits::int_in("num_layers", self.num_layers, 1, limits::MAX_LAYERS, "the number of transformer layers")?;
         Ok(())
     }
 
@@ -131,8 +147,10 @@ impl RopeTables {
         (cos, sin)
     }
 
-    /// Check that the tables fit a shape: `d/2` finite positive frequencies and a finite positive factor.
+    /// Check that the tables fit a shape: `d/2` inverse frequencies in `[MIN_INV_FREQ, MAX_INV_FREQ]` (so none
+    /// is lost to 0 in the model's `f32` tables) and an attention factor in `(0, MAX_ATTN_FACTOR]`.
     pub fn validate(&self, shape: &RopeShape) -> Result<()> {
+        use crate::limits::{MAX_ATTN_FACTOR, MAX_INV_FREQ, MIN_INV_FREQ};
         let half = shape.head_dim / 2;
         let check = |what: &str, inv: &[f64], m: f64| -> Result<()> {
             if inv.len() != half {
@@ -141,8 +159,18 @@ impl RopeTables {
             if let Some(i) = inv.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
                 return Err(Error::invalid(what, format!("inv_freq[{i}] = {} is not finite and positive", inv[i])));
             }
-            if !(m.is_finite() && m > 0.0) {
-                return Err(Error::invalid(what, format!("attn_factor {m} is not finite and positive")));
+            if let Some(i) = inv.iter().position(|v| !(MIN_INV_FREQ..=MAX_INV_FREQ).contains(v)) {
+                return Err(Error::invalid(
+                    what,
+                    format!(
+                        "inv_freq[{i}] = {:e} is outside [{MIN_INV_FREQ:e}, {MAX_INV_FREQ}] (the model computes angles in f32: \
+                         this dimension would stop rotating or alias); the scaling factors are out of range",
+                        inv[i]
+                    ),
+                ));
+            }
+            if !(m.is_finite() && m > 0.0 && m <= MAX_ATTN_FACTOR) {
+                return Err(Error::invalid(what, format!("attn_factor {m} is outside (0, {MAX_ATTN_FACTOR}]")));
             }
             Ok(())
         };
@@ -197,5 +225,23 @@ mod tests {
         assert!(RopeTables::new(vec![f64::NAN; 32], 1.0).validate(&shape).is_err());
         assert!(RopeTables::new(vec![1.0; 32], 0.0).validate(&shape).is_err());
         assert!(RopeTables::original(&shape).validate(&shape).is_ok());
+        // Positive and finite in f64 but 0 in the model's f32 tables (a factor of 1e308).
+        let err = RopeTables::new(vec![1e-308; 32], 1.0).validate(&shape).unwrap_err().to_string();
+        assert!(err.contains("inv_freq[0] = 1e-308 is outside"), "{err}");
+        assert!(RopeTables::new(vec![1.0; 32], 1e9).validate(&shape).is_err());
+    }
+
+    #[test]
+    fn absurd_shapes_are_refused_before_anything_is_allocated() {
+        let ok = smollm2();
+        ok.validate().unwrap();
+        let err = RopeShape { head_dim: 100_000_000_000, ..ok.clone() }.validate().unwrap_err().to_string();
+        assert!(err.starts_with("invalid head_dim: 100000000000 is outside [2, 8192]"), "{err}");
+        assert!(RopeShape { head_dim: 63, ..ok.clone() }.validate().is_err());
+        assert!(RopeShape { rope_base: 1e300, ..ok.clone() }.validate().unwrap_err().to_string().contains("rope_base"));
+        assert!(RopeShape { max_position_embeddings: 0, ..ok.clone() }.validate().is_err());
+        assert!(RopeShape { max_position_embeddings: 1 << 30, ..ok.clone() }.validate().is_err());
+        assert!(RopeShape { original_max_position_embeddings: 1, max_position_embeddings: 1 << 20, ..ok.clone() }.validate().is_err());
+        assert!(RopeShape { num_layers: 1 << 20, ..ok }.validate().is_err());
     }
 }

@@ -31,6 +31,13 @@ pub trait ScalingConfig: Debug + Send + Sync {
     /// Validate against the model/extension shape and return the runtime method with defaults resolved.
     fn build(&self, shape: &RopeShape) -> Result<Arc<dyn PositionScaling>>;
 
+    /// Check the fields that need no shape against [`crate::limits`] (a `factor` of `1e308`, a NaN, a negative
+    /// attention factor ...), naming the field. [`parse_scaling_toml`] calls it, so a bad value is refused with
+    /// its file before any model is loaded; `build` implementations call it too. The default accepts anything.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Make relative file paths inside the config (e.g. LongRoPE's `factors_file`) relative to `base_dir`, the
     /// directory of the TOML file they were written in. [`load_scaling_config`] calls it for files; the default
     /// does nothing (configs without paths).
@@ -77,7 +84,9 @@ pub fn parse_scaling_toml(text: &str, origin: &str) -> Result<Box<dyn ScalingCon
         return Ok(config);
     }
     registry::require(PluginKind::Scaling, method)?;
-    toml::from_str::<Box<dyn ScalingConfig>>(text).map_err(|e| Error::config(origin, e.to_string()))
+    let config = toml::from_str::<Box<dyn ScalingConfig>>(text).map_err(|e| Error::config(origin, e.to_string()))?;
+    config.validate().map_err(|e| Error::config(origin, e.to_string()))?;
+    Ok(config)
 }
 
 /// Load `--scaling CONFIG`: a path to a TOML file (anything that exists or ends in `.toml`), a plugin name, or a
@@ -86,7 +95,7 @@ pub fn parse_scaling_toml(text: &str, origin: &str) -> Result<Box<dyn ScalingCon
 pub fn load_scaling_config(spec: &str) -> Result<Box<dyn ScalingConfig>> {
     let path = Path::new(spec);
     if path.exists() || spec.ends_with(".toml") {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES)?;
         let mut config = parse_scaling_toml(&text, &path.display().to_string())?;
         config.resolve_relative_paths(path.parent().unwrap_or(Path::new("")));
         return Ok(config);
@@ -132,6 +141,7 @@ impl RopeSchedule {
     /// Build `config` for `shape` and bind it.
     pub fn new(config: &dyn ScalingConfig, shape: RopeShape) -> Result<Self> {
         shape.validate()?;
+        config.validate()?;
         let method = config.build(&shape)?;
         Ok(RopeSchedule { shape, method })
     }

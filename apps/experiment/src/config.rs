@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use longrope_core::eval::parse_evaluator_toml;
+use longrope_core::limits;
 use longrope_core::registry::{self, PluginKind};
 use longrope_core::scaling::{parse_scaling_toml, ScalingConfig};
 use longrope_search::SearchFile;
@@ -405,7 +406,7 @@ impl Experiment {
     /// and a CUDA device need not be present (the full-scale configs name a model directory the user provides
     /// and a GPU). Everything else is checked.
     pub fn load_with(path: &Path, check_files: bool) -> Result<Experiment> {
-        let text = std::fs::read_to_string(path).map_err(|e| ExperimentError::io(path, e))?;
+        let text = longrope_core::files::read_text(path, longrope_core::files::MAX_CONFIG_BYTES)?;
         Self::parse_with(&text, path, check_files)
     }
 
@@ -419,6 +420,11 @@ impl Experiment {
         let file: ExperimentFile = toml::from_str(text).map_err(|e| ExperimentError::config(path, e.to_string()))?;
         let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let err = |m: String| ExperimentError::config(path, m);
+        // Numeric fields go through `longrope_core::limits`; the error names the field, `err` the file.
+        let bounded = |e: longrope_core::Error| ExperimentError::config(path, e.to_string());
+        if let Some(t) = file.target {
+            limits::context("target", t, 1).map_err(bounded)?;
+        }
 
         // Dynamic plugins first: the methods below may name them.
         let libraries: Vec<PathBuf> = file.plugins.iter().map(|p| resolve(&dir, p)).collect();
@@ -488,7 +494,7 @@ impl Experiment {
             let (table, origin) = match (&s.file, &s.config) {
                 (Some(f), None) => {
                     let p = resolve(&dir, f);
-                    let t = std::fs::read_to_string(&p).map_err(|e| err(format!("[[search]] `{}`: file {}: {e}", s.name, p.display())))?;
+                    let t = longrope_core::files::read_text(&p, longrope_core::files::MAX_CONFIG_BYTES).map_err(|e| err(format!("[[search]] `{}`: file {e}", s.name)))?;
                     let table: toml::Table = toml::from_str(&t).map_err(|e| err(format!("[[search]] `{}`: {}: {e}", s.name, p.display())))?;
                     (table, p)
                 }
@@ -510,7 +516,7 @@ impl Experiment {
                 (Some(spec), None, None) => {
                     let p = resolve(&dir, Path::new(spec));
                     if spec.ends_with(".toml") || p.exists() {
-                        let t = std::fs::read_to_string(&p).map_err(|e| err(format!("[[method]] `{}`: scaling file {}: {e}", m.name, p.display())))?;
+                        let t = longrope_core::files::read_text(&p, longrope_core::files::MAX_CONFIG_BYTES).map_err(|e| err(format!("[[method]] `{}`: scaling file {e}", m.name)))?;
                         let table: toml::Table = toml::from_str(&t).map_err(|e| err(format!("[[method]] `{}`: {}: {e}", m.name, p.display())))?;
                         MethodSource::Scaling { table, base_dir: p.parent().unwrap_or(Path::new("")).to_path_buf() }
                     } else {
@@ -533,8 +539,8 @@ impl Experiment {
             if let MethodSource::Scaling { table, base_dir } = &source {
                 Self::check_scaling(table, base_dir, &format!("{} [[method]] `{}`", path.display(), m.name))?;
             }
-            if m.target == Some(0) {
-                return Err(err(format!("[[method]] `{}`: target must be positive", m.name)));
+            if let Some(t) = m.target {
+                limits::context(&format!("[[method]] `{}` target", m.name), t, 1).map_err(bounded)?;
             }
             methods.push(MethodSpec { name: m.name.clone(), base: m.name.clone(), source, target: m.target, ablation: Vec::new() });
         }
@@ -635,14 +641,19 @@ impl Experiment {
                 seeds,
                 seed_field: e.seed_field.clone(),
             };
+            if spec.lengths.is_empty() {
+                return Err(err(format!("[[eval]] `{name}`: lengths must be a non-empty list of lengths >= 8")));
+            }
+            for &l in &spec.lengths {
+                limits::context(&format!("[[eval]] `{name}` lengths"), l, limits::MIN_EVAL_LENGTH).map_err(bounded)?;
+            }
+            limits::distinct(&format!("[[eval]] `{name}` lengths"), &spec.lengths).map_err(bounded)?;
+            limits::distinct(&format!("[[eval]] `{name}` seeds"), &e.seeds).map_err(bounded)?;
             for seed in &spec.seeds {
                 let text = toml::to_string(&spec.table_for(*seed)).map_err(|x| err(x.to_string()))?;
                 let origin = format!("{} [[eval]] `{name}`", path.display());
                 let config = parse_evaluator_toml(&text, &origin)?;
                 config.build().map_err(|x| err(format!("[[eval]] `{name}`: {x}")))?;
-            }
-            if spec.lengths.is_empty() || spec.lengths.iter().any(|&l| l < 8) {
-                return Err(err(format!("[[eval]] `{name}`: lengths must be a non-empty list of lengths >= 8, got {:?}", spec.lengths)));
             }
             if let Some(ms) = &spec.methods {
                 for m in ms {
@@ -677,7 +688,7 @@ impl Experiment {
             let (mut recipe, base_dir) = match (&f.file, &f.config) {
                 (Some(p), None) => {
                     let p = resolve(&dir, p);
-                    let text = std::fs::read_to_string(&p).map_err(|e| err(format!("{what}: file {}: {e}", p.display())))?;
+                    let text = longrope_core::files::read_text(&p, longrope_core::files::MAX_CONFIG_BYTES).map_err(|e| err(format!("{what}: file {e}")))?;
                     let t: toml::Table = toml::from_str(&text).map_err(|e| err(format!("{what}: {}: {e}", p.display())))?;
                     (t, p.parent().unwrap_or(Path::new("")).to_path_buf())
                 }

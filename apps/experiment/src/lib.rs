@@ -7,7 +7,7 @@
 //! a report (tables and plots) a person can read at a glance.
 //!
 //! - [`config`]: the schema, validation before any compute, ablation expansion;
-//! - [`runner`]: searches, cells, the cache and resume;
+//! - [`runner`]: searches, cells, the cache and resume; [`identity`]: what the inputs contain (cache keys);
 //! - [`report`]: `results.json`, `results.csv`, `report.md`, and `compare` over several runs;
 //! - [`plots`]: PNG and SVG plots with `plotters`.
 //!
@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod plots;
 pub mod report;
 pub mod runner;

@@ -62,23 +62,29 @@ fn color(i: usize) -> RGBColor {
     C[i % C.len()]
 }
 
-/// Draw `$body` with both backends (`$root` bound to each drawing area): `stem.png` and `stem.svg`.
+/// Draw `$body` with both backends (`$root` bound to each drawing area): `stem.png` and `stem.svg`, each
+/// written atomically (`longrope_core::files`), so a full disk leaves neither a half image nor a temporary file.
 macro_rules! both {
     ($stem:expr, $size:expr, |$root:ident| $body:block) => {{
         ensure_font()?;
         let png = $stem.with_extension("png");
         let svg = $stem.with_extension("svg");
-        {
-            let $root = BitMapBackend::new(&png, $size).into_drawing_area();
+        longrope_core::files::write_atomic_path(&png, |tmp: &Path| -> Result<()> {
+            let $root = BitMapBackend::new(tmp, $size).into_drawing_area();
             let r: std::result::Result<(), String> = (|| $body)();
             r.map_err(|e| plot_err(&png, e))?;
             $root.present().map_err(|e| plot_err(&png, e))?;
-        }
+            Ok(())
+        })?;
         {
-            let $root = SVGBackend::new(&svg, $size).into_drawing_area();
-            let r: std::result::Result<(), String> = (|| $body)();
-            r.map_err(|e| plot_err(&svg, e))?;
-            $root.present().map_err(|e| plot_err(&svg, e))?;
+            let mut text = String::new();
+            {
+                let $root = SVGBackend::with_string(&mut text, $size).into_drawing_area();
+                let r: std::result::Result<(), String> = (|| $body)();
+                r.map_err(|e| plot_err(&svg, e))?;
+                $root.present().map_err(|e| plot_err(&svg, e))?;
+            }
+            longrope_core::files::write_atomic(&svg, text.as_bytes())?;
         }
         Ok(vec![png, svg])
     }};

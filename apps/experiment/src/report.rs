@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ExperimentError, Result};
 use crate::plots;
-use crate::runner::{file_stem, write_atomic, CellResult, FinetuneResult, SearchResult};
+use crate::runner::{file_stem, CellResult, FinetuneResult, SearchResult};
+use longrope_core::files::write_atomic;
 
 /// A model of the experiment, with its summary once it has been loaded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,7 +115,7 @@ impl Results {
     /// Read a `results.json` (or the directory holding one).
     pub fn load(path: &Path) -> Result<Results> {
         let file = if path.is_dir() { path.join("results.json") } else { path.to_path_buf() };
-        let text = std::fs::read_to_string(&file).map_err(|e| ExperimentError::io(&file, e))?;
+        let text = longrope_core::files::read_text(&file, 16 * longrope_core::files::MAX_CONFIG_BYTES)?;
         serde_json::from_str(&text).map_err(|e| ExperimentError::Results { path: file, message: format!("not an experiment results.json: {e}") })
     }
 

@@ -1,16 +1,17 @@
 //! The experiment runner: searches first, then every cell (model x method x evaluator x length x seed), each
 //! model loaded once, each finished cell cached in `OUT/cells/KEY.json` (KEY = SHA-256 of the cell's resolved
-//! config), so a re-run or `--resume` skips it. Writes are atomic (temporary file + rename): a kill loses at
-//! most the cell in progress. Search steps run through `longrope_search::Driver` with the model-backed
+//! config and of its inputs' *content*, [`crate::identity`]), so a re-run or `--resume` skips it, and weights or
+//! texts changed in place are computed again. Writes are atomic (`longrope_core::files`): a kill or a full
+//! disk loses at most the cell in progress and leaves no temporary file. Search steps run through `longrope_search::Driver` with the model-backed
 //! `EvaluatorFitness` and checkpoint per generation; a finished search is cached in
 //! `OUT/searches/NAME-HASH/experiment_summary.json`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use longrope_core::eval::{parse_evaluator_toml, Score, TokenSource};
+use longrope_core::files::{prepare_out_dir, write_atomic, OutputKind};
 use longrope_core::model::{LanguageModel, LoadOptions, ModelSummary};
 use longrope_core::scaling::RopeSchedule;
 use longrope_core::search::Candidate;
@@ -26,8 +27,9 @@ use crate::config::{parse_scaling_table, referenced_files, EvalSpec, Experiment,
 use crate::error::{ExperimentError, Result};
 use crate::report::{self, Machine, Results};
 
-/// Version of the cell identity; bump it when the meaning of a cached cell changes.
-pub const CELL_FORMAT: u32 = 1;
+/// Version of the cell identity; bump it when the meaning of a cached cell changes (2: inputs identified by
+/// their content, [`crate::identity`]).
+pub const CELL_FORMAT: u32 = 2;
 
 /// How a run is driven.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,40 +131,14 @@ pub fn hash_json(v: &serde_json::Value) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn sha_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| ExperimentError::io(path, e))?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// A file name from a free-form name (ablation variants have brackets and `=`).
 pub fn file_stem(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
 }
 
-/// Write `bytes` to `path` atomically (temporary file beside it, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| ExperimentError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| ExperimentError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| ExperimentError::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| ExperimentError::io(path, e))
-}
-
-fn model_identity(m: &ModelEntry) -> serde_json::Value {
-    let path = std::fs::canonicalize(&m.path).unwrap_or_else(|_| m.path.clone());
-    serde_json::json!({"path": path.display().to_string(), "dtype": m.dtype, "device": m.device})
-}
-
-/// The data identity of a corpus list: paths and sizes.
-fn data_identity(paths: &[PathBuf]) -> serde_json::Value {
-    paths
-        .iter()
-        .map(|p| {
-            let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-            serde_json::json!({"path": p.display().to_string(), "bytes": size})
-        })
-        .collect()
+/// The identity of a model entry's inputs ([`crate::identity::inputs`]) with or without the corpus.
+fn inputs_identity(m: &ModelEntry, data: Option<&[PathBuf]>) -> Result<serde_json::Value> {
+    crate::identity::inputs(&m.path, &m.dtype, &m.device, data)
 }
 
 /// One planned cell.
@@ -198,21 +174,32 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
     let started = Instant::now();
     let out = &opts.out_dir;
     let cells_dir = out.join("cells");
-    for d in [out.clone(), cells_dir.clone(), out.join("searches"), out.join("models")] {
+    // Refuses a directory of another kind (ppl results, a search, a token store) and an unwritable one before
+    // anything is computed.
+    prepare_out_dir(out, OutputKind::Experiment)?;
+    for d in [cells_dir.clone(), out.join("searches"), out.join("models")] {
         std::fs::create_dir_all(&d).map_err(|e| ExperimentError::io(&d, e))?;
     }
     // The manifest ties the directory to one experiment file.
     let file_json = serde_json::to_value(&exp.file).expect("experiment files serialize");
     let config_hash = hash_json(&file_json);
     let manifest_path = out.join("experiment.json");
-    if let Ok(text) = std::fs::read_to_string(&manifest_path) {
-        let old: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        if old.get("config_hash").and_then(|h| h.as_str()) != Some(config_hash.as_str()) && !opts.resume {
+    if manifest_path.exists() && !opts.resume {
+        let bytes = longrope_core::files::read_bytes(&manifest_path, longrope_core::files::MAX_CONFIG_BYTES)?;
+        let old: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| ExperimentError::OutDir {
+            path: manifest_path.clone(),
+            message: format!(
+                "does not parse ({e}), so which experiment wrote {} is unknown: pass --resume to reuse the cells it \
+                 holds (each is keyed by its full configuration and inputs, so only matching ones are reused), or choose another --out",
+                out.display()
+            ),
+        })?;
+        if old.get("config_hash").and_then(|h| h.as_str()) != Some(config_hash.as_str()) {
+            let name = old.get("name").and_then(|n| n.as_str()).map(|n| format!(" (`{n}`)")).unwrap_or_default();
             return Err(ExperimentError::OutDir {
                 path: out.clone(),
                 message: format!(
-                    "holds results of another version of the experiment (`{}`): pass --resume to reuse its unchanged cells, or choose another --out",
-                    old.get("name").and_then(|n| n.as_str()).unwrap_or("?")
+                    "holds results of another version of the experiment{name}: pass --resume to reuse its unchanged cells, or choose another --out"
                 ),
             });
         }
@@ -260,6 +247,10 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
         };
         model_infos.push(report::ModelInfo { name: m.name.clone(), path: m.path.display().to_string(), dtype: m.dtype.clone(), device: m.device.clone(), summary: None });
         let mut loaded: Option<Loaded> = None;
+        // What the model and the corpus contain, fingerprinted once per model (digests are cached).
+        log(format!("fingerprinting the inputs of {} ({})", m.name, m.path.display()));
+        let with_data = inputs_identity(m, Some(&exp.corpus))?;
+        let without_data = inputs_identity(m, None)?;
         let summary_path = out.join("models").join(format!("{}.json", file_stem(&m.name)));
         // Searches on this model.
         for s in exp.searches.iter().filter(|s| s.model == m.name) {
@@ -276,14 +267,13 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
                     for &seed in &e.seeds {
                         let identity = serde_json::json!({
                             "format": CELL_FORMAT,
-                            "model": model_identity(m),
+                            "inputs": if e.evaluator == "passkey" { &without_data } else { &with_data },
                             "finetune": finetunes.iter().find(|f| f.name == m.name).map(|f| f.hash.clone()),
                             "scaling": scaling_id,
                             "target": target,
                             "target_rule": if target.is_none() { serde_json::json!({"longest": exp.longest_length(&m.name)}) } else { serde_json::Value::Null },
                             "evaluator": serde_json::to_value(e.table_for(seed)).unwrap_or_default(),
                             "length": length,
-                            "data": if e.evaluator == "passkey" { serde_json::Value::Null } else { data_identity(&exp.corpus) },
                         });
                         planned.push(Planned {
                             method,
@@ -335,7 +325,9 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
             let trained = s.original_context();
             let target = p.target.unwrap_or_else(|| exp.longest_length(&m.name).max(trained));
             let config = parse_scaling_table(&p.scaling_table, &p.base_dir, &p.method.name)?;
-            let schedule = RopeSchedule::new(config.as_ref(), s.rope_shape(target))?;
+            let schedule = RopeSchedule::new(config.as_ref(), s.rope_shape(target))
+                .and_then(|sc| sc.tables(p.length).map(|_| sc))
+                .map_err(|e| ExperimentError::config(&exp.path, format!("[[method]] `{}` at {} tokens: {e}", p.method.name, p.length)))?;
             let text = toml::to_string(&p.eval.table_for(p.seed)).expect("tables serialize");
             let evaluator = parse_evaluator_toml(&text, &p.eval.name)?.build()?;
             let empty = longrope_data::corpus::TokenDocs::default();
@@ -407,7 +399,7 @@ fn method_scaling(
             let config = parse_scaling_table(table, base_dir, &method.name)?;
             let mut files = serde_json::Map::new();
             for (field, p) in referenced_files(table, base_dir) {
-                files.insert(field, serde_json::Value::String(sha_file(&p)?));
+                files.insert(field, serde_json::Value::String(longrope_core::digest::digest(&p)?));
             }
             let id = serde_json::json!({"config": serde_json::to_value(&config).unwrap_or_default(), "files": files});
             Ok((table.clone(), base_dir.clone(), None, id))
@@ -473,8 +465,7 @@ fn run_finetune(
     let hash = hash_json(&serde_json::json!({
         "recipe": serde_json::to_value(&spec.file).unwrap_or_default(),
         "scaling": scaling_id,
-        "model": model_identity(base),
-        "data": data_identity(&spec.file.data.train),
+        "inputs": inputs_identity(base, Some(&spec.file.data.train))?,
     }));
     let rel = format!("finetunes/{}-{}", file_stem(&f.name), &hash[..12]);
     let dir = out.join(&rel);
@@ -551,7 +542,10 @@ fn run_search(
         o.remove("shape");
     }
     let corpus = if s.file.fitness.corpus.is_empty() { exp.corpus.clone() } else { s.file.fitness.corpus.clone() };
-    let hash = hash_json(&serde_json::json!({"search": file_json, "model": model_identity(m), "data": data_identity(&corpus)}));
+    // The same identity `longrope search` puts in its checkpoints: the search runs again when the model or
+    // the fitness corpus changed, in another directory.
+    let inputs = inputs_identity(m, Some(&corpus))?;
+    let hash = hash_json(&serde_json::json!({"search": file_json, "inputs": inputs}));
     let rel = format!("searches/{}-{}", file_stem(&s.name), &hash[..12]);
     let dir = out.join(&rel);
     let summary_path = dir.join("experiment_summary.json");
@@ -592,7 +586,9 @@ fn run_search(
         if resume { " (resuming)" } else { "" }
     ));
     let opts = DriverOptions { out_dir: dir.clone(), resume, stop_after_generations: None, progress: true };
-    let outcome = Driver::new(strategy, &mut fitness, shape.clone(), s.file.meta(&shape), opts).with_seeds(seeds).run()?;
+    let mut meta = s.file.meta(&shape);
+    meta["inputs"] = inputs;
+    let outcome = Driver::new(strategy, &mut fitness, shape.clone(), meta, opts).with_seeds(seeds).run()?;
     let Outcome::Finished(summary) = outcome else {
         return Err(ExperimentError::config(&exp.path, format!("search `{}` stopped before finishing", s.name)));
     };

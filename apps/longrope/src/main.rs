@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     if let Err(e) = cmd::plugins::load(&cli.plugins) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", longrope_core::error::chain_message(e.as_ref()));
         return ExitCode::FAILURE;
     }
     let result = match cli.command {
@@ -95,7 +95,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", longrope_core::error::chain_message(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,7 @@
 //! The host side: load a plugin library, check its ABI version, and register it like a static plugin.
 //!
-//! [`load_plugin`] opens the library with `libloading`, reads `longrope_plugin_abi_version` before calling
+//! [`load_plugin`] checks the file ([`crate::elf`]: a complete shared library for this machine; a truncated one
+//! would crash `dlopen` with SIGBUS), opens the library with `libloading`, reads `longrope_plugin_abi_version` before calling
 //! anything else (same major, plugin minor <= host minor, see [`check_version`]), reads the descriptor,
 //! resolves every entry point of its kind, then registers the plugin in `longrope_core::registry` (so
 //! `longrope plugins` lists it with its library) and as a dynamic scaling method (so a TOML
@@ -30,6 +31,15 @@ pub enum PluginError {
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// The file is not a complete shared library for this machine (checked before the dynamic loader sees it:
+    /// a truncated library would crash the process with SIGBUS inside `dlopen`).
+    #[error("plugin {path}: {message}; refused before loading")]
+    NotALibrary {
+        /// The library path.
+        path: PathBuf,
+        /// What is wrong with the file.
+        message: String,
     },
     /// The dynamic loader refused the file (not a shared library, wrong architecture, missing dependency).
     #[error("plugin {path}: cannot be loaded as a shared library: {source}")]
@@ -150,7 +160,9 @@ pub fn load_plugin(path: &Path) -> Result<LoadedPlugin, PluginError> {
     if let Some(p) = loaded.iter().find(|p| p.path == canonical) {
         return Ok(p.clone());
     }
-    // SAFETY: loading runs the library's initialisers; a plugin is trusted code the user asked for.
+    crate::elf::check_shared_library(&canonical).map_err(|message| PluginError::NotALibrary { path: canonical.clone(), message })?;
+    // SAFETY: loading runs the library's initialisers; a plugin is trusted code the user asked for. Its file
+    // was checked above to be a complete ELF shared object for this machine.
     let library =
         unsafe { Library::new(&canonical) }.map_err(|source| PluginError::Open { path: canonical.clone(), source })?;
     // Never unloaded: methods built from it hold its function pointers for the life of the process.

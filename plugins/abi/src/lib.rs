@@ -10,7 +10,8 @@
 //! - the plugin side (always built, no dependencies, so an out-of-tree plugin builds in seconds with any
 //!   rustc): [`ffi`], the [`plugin::ScalingPlugin`] trait and the [`export_scaling_plugin!`] macro;
 //! - the host side ([`host`], feature `host`, used by the `longrope` binary): loads a library with
-//!   `libloading`, checks the version, registers the plugin in `longrope_core::registry` and as a dynamic
+//!   `libloading` (after [`elf`] has checked the file is a complete shared library for this machine, which
+//!   `dlopen` would otherwise crash on), checks the version, registers the plugin in `longrope_core::registry` and as a dynamic
 //!   scaling method so `method = "NAME"` works in TOML configs. Libraries are never unloaded.
 //!
 //! The ABI covers position-scaling methods only: a `SearchStrategy` is stateful (propose/observe rounds) and
@@ -20,6 +21,8 @@
 pub mod ffi;
 pub mod plugin;
 
+#[cfg(feature = "host")]
+pub mod elf;
 #[cfg(feature = "host")]
 pub mod host;
 

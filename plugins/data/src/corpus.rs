@@ -31,22 +31,14 @@ pub struct TextDoc {
 pub fn read_text_docs(path: &Path) -> Result<Vec<TextDoc>> {
     let meta = std::fs::metadata(path).map_err(|source| DataError::Io { path: path.into(), source })?;
     if meta.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|source| DataError::Io { path: path.into(), source })?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("txt" | "jsonl")))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(DataError::Data { path: path.into(), message: "no .txt or .jsonl files in directory".into() });
-        }
         let mut docs = Vec::new();
-        for f in files {
+        for f in text_files(path)? {
             docs.extend(read_text_docs(&f)?);
         }
         return Ok(docs);
     }
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+    // Regular files only: `/dev/zero` or a FIFO would be read without bound.
+    let text = longrope_core::files::read_text(path, u64::MAX)?;
     if path.extension().and_then(|e| e.to_str()) == Some("jsonl") {
         let file = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let mut docs = Vec::new();
@@ -66,6 +58,35 @@ pub fn read_text_docs(path: &Path) -> Result<Vec<TextDoc>> {
     } else {
         let name = path.file_stem().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         Ok(vec![TextDoc { name, text }])
+    }
+}
+
+/// The `.txt` and `.jsonl` files of a corpus directory, sorted by name (an empty list is an error).
+fn text_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| DataError::Io { path: dir.into(), source })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("txt" | "jsonl")))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(DataError::Data { path: dir.into(), message: "no .txt or .jsonl files in directory".into() });
+    }
+    Ok(files)
+}
+
+/// The files [`Corpus::open`] reads for a corpus path, in reading order: a token store's `index.json` and
+/// `tokens.bin`, a text or JSONL file itself, or a directory's `.txt` / `.jsonl` files. What a corpus's content
+/// fingerprint covers (results and search checkpoints are keyed by it).
+pub fn corpus_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if TokenStore::is_store(path) {
+        return TokenStore::files(path);
+    }
+    let meta = std::fs::metadata(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+    if meta.is_dir() {
+        text_files(path)
+    } else {
+        Ok(vec![path.to_path_buf()])
     }
 }
 

@@ -7,7 +7,6 @@
 //!   of `tokens.bin`. Opening checks sizes, offsets and the checksum; evaluation refuses a store whose
 //!   tokenizer differs from the model's.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use longrope_core::eval::TokenSource;
@@ -84,33 +83,31 @@ pub struct TokenStore {
 }
 
 impl TokenStore {
-    /// Whether `path` looks like a store directory (has `index.json` and `tokens.bin`).
+    /// Whether `path` looks like a store directory (has `index.json` or `tokens.bin`; [`TokenStore::open`]
+    /// then refuses one that lacks the other, naming it).
     pub fn is_store(path: &Path) -> bool {
-        path.is_dir() && path.join("index.json").is_file()
+        path.is_dir() && (path.join("index.json").is_file() || path.join("tokens.bin").is_file())
     }
 
     /// Write a store of `docs` (name, ids) made with `tokenizer` into directory `path` (created if needed).
-    /// Files are written to temporary names and renamed, so a crash leaves no half store.
+    /// Each file is replaced atomically (`longrope_core::files`), so a crash or a full disk leaves no half file
+    /// and no temporary one; the index is written last and checksums `tokens.bin`.
     pub fn write(path: &Path, tokenizer: &TokenizerId, docs: &[(String, Vec<u32>)]) -> Result<StoreIndex> {
-        std::fs::create_dir_all(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+        longrope_core::files::prepare_out_dir(path, longrope_core::files::OutputKind::TokenStore)?;
         let bin = path.join("tokens.bin");
-        let tmp = path.join("tokens.bin.tmp");
         let mut hasher = Sha256::new();
         let mut entries = Vec::with_capacity(docs.len());
         let mut offset = 0usize;
-        {
-            let f = std::fs::File::create(&tmp).map_err(|source| DataError::Io { path: tmp.clone(), source })?;
-            let mut w = std::io::BufWriter::new(f);
+        longrope_core::files::write_atomic_stream(&bin, |w| {
             for (name, ids) in docs {
                 let bytes: Vec<u8> = ids.iter().flat_map(|t| t.to_le_bytes()).collect();
                 hasher.update(&bytes);
-                w.write_all(&bytes).map_err(|source| DataError::Io { path: tmp.clone(), source })?;
+                w.write_all(&bytes)?;
                 entries.push(StoreDoc { name: name.clone(), offset, len: ids.len() });
                 offset += ids.len();
             }
-            w.flush().map_err(|source| DataError::Io { path: tmp.clone(), source })?;
-        }
-        std::fs::rename(&tmp, &bin).map_err(|source| DataError::Io { path: bin.clone(), source })?;
+            Ok(())
+        })?;
         let index = StoreIndex {
             format: FORMAT.into(),
             version: VERSION,
@@ -120,18 +117,32 @@ impl TokenStore {
             tokens_sha256: hex(&hasher.finalize()),
         };
         let idx = path.join("index.json");
-        let tmp = path.join("index.json.tmp");
         let text = serde_json::to_string_pretty(&index).map_err(|e| DataError::Data { path: idx.clone(), message: e.to_string() })?;
-        std::fs::write(&tmp, text).map_err(|source| DataError::Io { path: tmp.clone(), source })?;
-        std::fs::rename(&tmp, &idx).map_err(|source| DataError::Io { path: idx, source })?;
+        longrope_core::files::write_atomic(&idx, text.as_bytes())?;
         Ok(index)
+    }
+
+    /// The files of the store at `path` (`index.json`, `tokens.bin`); one missing is a corrupt store.
+    pub fn files(path: &Path) -> Result<Vec<PathBuf>> {
+        let files = vec![path.join("index.json"), path.join("tokens.bin")];
+        if !files[0].exists() {
+            return Err(DataError::CorruptStore {
+                path: path.into(),
+                message: "tokens.bin without index.json (an interrupted `longrope tokenize`?): tokenize again".into(),
+            });
+        }
+        if !files[1].exists() {
+            return Err(DataError::CorruptStore { path: path.into(), message: "index.json without tokens.bin: tokenize again".into() });
+        }
+        Ok(files)
     }
 
     /// Open and verify a store: index format, sizes, contiguous offsets, checksum of `tokens.bin`.
     pub fn open(path: &Path) -> Result<TokenStore> {
         let corrupt = |message: String| DataError::CorruptStore { path: path.into(), message };
+        Self::files(path)?;
         let idx_path = path.join("index.json");
-        let text = std::fs::read_to_string(&idx_path).map_err(|source| DataError::Io { path: idx_path.clone(), source })?;
+        let text = longrope_core::files::read_text(&idx_path, 1 << 32)?;
         let index: StoreIndex =
             serde_json::from_str(&text).map_err(|e| corrupt(format!("index.json does not parse: {e}")))?;
         if index.format != FORMAT || index.version != VERSION {

@@ -53,6 +53,7 @@ impl EvaluatorConfig for NeedleConfig {
         if self.samples == 0 {
             return Err(Error::invalid("needle-ppl.samples", "must be positive"));
         }
+        longrope_core::limits::int_in("needle-ppl.samples", self.samples, 1, longrope_core::limits::MAX_SAMPLES, "samples per length")?;
         Ok(Box::new(NeedlePpl { config: self.clone() }))
     }
 }

@@ -195,8 +195,9 @@ impl EvaluatorConfig for PasskeyConfig {
         if self.samples == 0 {
             return Err(Error::invalid("passkey.samples", "must be positive"));
         }
-        if self.max_new_tokens == Some(0) {
-            return Err(Error::invalid("passkey.max_new_tokens", "must be positive"));
+        longrope_core::limits::int_in("passkey.samples", self.samples, 1, longrope_core::limits::MAX_SAMPLES, "samples per length")?;
+        if let Some(n) = self.max_new_tokens {
+            longrope_core::limits::int_in("passkey.max_new_tokens", n, 1, longrope_core::limits::MAX_CONTEXT, "new tokens per sample")?;
         }
         if let Some(d) = &self.depths {
             if d.is_empty() || d.iter().any(|x| !(0.0..=1.0).contains(x)) {

@@ -179,6 +179,13 @@ impl EvaluatorConfig for PplConfig {
         if self.sliding_window == 0 || self.max_sliding_count == 0 || self.samples == 0 {
             return Err(Error::invalid("ppl", "sliding_window, max_sliding_count and samples must be positive"));
         }
+        use longrope_core::limits::{int_in, MAX_CONTEXT, MAX_SAMPLES};
+        int_in("ppl.sliding_window", self.sliding_window, 1, MAX_CONTEXT, "a stride in tokens")?;
+        int_in("ppl.max_sliding_count", self.max_sliding_count, 1, MAX_SAMPLES, "windows per document")?;
+        int_in("ppl.samples", self.samples, 1, MAX_SAMPLES, "documents per length")?;
+        if let Some(n) = self.dataset_min_tokens {
+            int_in("ppl.dataset_min_tokens", n, 0, MAX_CONTEXT, "tokens a document needs")?;
+        }
         if self.selection == Selection::PerLength && self.dataset_min_tokens.is_some() {
             return Err(Error::invalid(
                 "ppl.dataset_min_tokens",

@@ -56,6 +56,12 @@ pub enum ModelError {
         /// The tensor name (HF naming).
         name: String,
     },
+    /// An HF directory without weight files.
+    #[error("{path}: no weights: expected model.safetensors, or model.safetensors.index.json and the shards it lists")]
+    MissingWeights {
+        /// The directory.
+        path: PathBuf,
+    },
     /// A weight whose shape is not the one the config implies.
     #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
     ShapeMismatch {

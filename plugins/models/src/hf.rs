@@ -16,32 +16,17 @@ use tch::{Kind, Tensor};
 
 use crate::error::{ModelError, Result};
 
-fn d_vocab() -> usize {
-    32000
-}
-fn d_hidden() -> usize {
-    4096
-}
-fn d_inter() -> usize {
-    11008
-}
-fn d_layers() -> usize {
-    32
-}
-fn d_heads() -> usize {
-    32
-}
 fn d_eps() -> f64 {
     1e-6
-}
-fn d_max_pos() -> usize {
-    2048
 }
 fn d_act() -> String {
     "silu".into()
 }
 
-/// `config.json` as written by HF transformers (Llama / Mistral family), with HF's defaults.
+/// `config.json` as written by HF transformers (Llama / Mistral family), with HF's defaults for the optional
+/// fields. The sizes (`vocab_size`, `hidden_size`, `intermediate_size`, `num_hidden_layers`,
+/// `num_attention_heads`, `max_position_embeddings`) have no default here: transformers writes them, and a file
+/// without one is refused naming it ([`HfConfig::size`]) rather than read as Llama-7B's.
 #[derive(Debug, Clone, Deserialize)]
 pub struct HfConfig {
     /// `llama`, `mistral` ...
@@ -51,20 +36,20 @@ pub struct HfConfig {
     #[serde(default)]
     pub architectures: Vec<String>,
     /// Vocabulary size.
-    #[serde(default = "d_vocab")]
-    pub vocab_size: usize,
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
     /// Hidden size.
-    #[serde(default = "d_hidden")]
-    pub hidden_size: usize,
+    #[serde(default)]
+    pub hidden_size: Option<usize>,
     /// MLP inner size.
-    #[serde(default = "d_inter")]
-    pub intermediate_size: usize,
+    #[serde(default)]
+    pub intermediate_size: Option<usize>,
     /// Number of layers.
-    #[serde(default = "d_layers")]
-    pub num_hidden_layers: usize,
+    #[serde(default)]
+    pub num_hidden_layers: Option<usize>,
     /// Attention heads.
-    #[serde(default = "d_heads")]
-    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_attention_heads: Option<usize>,
     /// KV heads (defaults to `num_attention_heads`).
     #[serde(default)]
     pub num_key_value_heads: Option<usize>,
@@ -84,8 +69,8 @@ pub struct HfConfig {
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
     /// Trained context (the extended one in a scaled checkpoint).
-    #[serde(default = "d_max_pos")]
-    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub max_position_embeddings: Option<usize>,
     /// The original context of a scaled checkpoint (top-level field, as HF and the exporter write it).
     #[serde(default)]
     pub original_max_position_embeddings: Option<usize>,
@@ -116,8 +101,15 @@ impl HfConfig {
     /// Read `DIR/config.json`.
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io { path: path.clone(), source: e })?;
-        serde_json::from_str(&text).map_err(|e| ModelError::config(&path, "config.json", e.to_string()))
+        let text = read_json_text(&path)?;
+        serde_json::from_str(&text).map_err(|e| ModelError::corrupt(&path, format!("not a valid config.json: {e}")))
+    }
+
+    /// A required size field of `config.json` (`path`), or an error naming it.
+    pub fn size(path: &Path, field: &str, value: Option<usize>) -> Result<usize> {
+        value.ok_or_else(|| {
+            ModelError::config(path, field, "missing; the model's sizes must be given (no default is assumed)")
+        })
     }
 
     /// The architecture plugin name: `model_type`, else derived from `architectures[0]` (`MistralForCausalLM`
@@ -147,14 +139,24 @@ impl HfConfig {
     }
 
     /// The context the model was trained on, `L`: `original_max_position_embeddings` (top level, else in the
-    /// scaling block) when the checkpoint is a scaled one, else `max_position_embeddings`.
-    pub fn trained_context(&self) -> usize {
+    /// scaling block) when the checkpoint is a scaled one, else `max_position_embeddings` (`None` when the file
+    /// gives neither: no default is assumed).
+    pub fn trained_context(&self) -> Option<usize> {
         let from_block = self.builtin_rope_scaling().and_then(|b| b.get("original_max_position_embeddings").and_then(|v| v.as_u64()));
         self.original_max_position_embeddings
             .or(from_block.map(|v| v as usize))
             .filter(|_| self.builtin_rope_scaling().is_some())
-            .unwrap_or(self.max_position_embeddings)
+            .or(self.max_position_embeddings)
     }
+}
+
+/// Read a JSON file of a checkpoint (regular file, bounded size); errors name the file once.
+fn read_json_text(path: &Path) -> Result<String> {
+    longrope_core::files::read_text(path, longrope_core::files::MAX_CONFIG_BYTES).map_err(|e| match e {
+        longrope_core::Error::Io { path, source } => ModelError::Io { path, source },
+        longrope_core::Error::Config { message, .. } => ModelError::corrupt(path, message),
+        other => ModelError::corrupt(path, other.to_string()),
+    })
 }
 
 /// A token id field that may be a number or a list of numbers.
@@ -171,7 +173,7 @@ pub fn token_id(v: &Option<serde_json::Value>) -> Option<u32> {
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::Io { path: index.clone(), source: e })?;
+        let text = read_json_text(&index)?;
         let doc: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| ModelError::config(&index, "index", e.to_string()))?;
         let map = doc
@@ -187,7 +189,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.exists() {
         return Ok(vec![single]);
     }
-    Err(ModelError::MissingTensor { path: dir.to_path_buf(), name: "model.safetensors (or its index)".into() })
+    Err(ModelError::MissingWeights { path: dir.to_path_buf() })
 }
 
 /// All tensors of the safetensors files (on CPU, in their stored dtype) and the set of stored dtypes.
@@ -198,11 +200,18 @@ pub fn read_safetensors(files: &[PathBuf]) -> Result<(HashMap<String, Tensor>, S
         let file = File::open(path).map_err(|e| ModelError::Io { path: path.clone(), source: e })?;
         // SAFETY: read-only map of a checkpoint; tensors are copied out before the map is dropped.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::Io { path: path.clone(), source: e })?;
+        // The first 8 bytes give the header's length: a file shorter than it is cut, not corrupt.
+        let header_len = mmap.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+        let cut_header = header_len.is_some_and(|n| n.saturating_add(8) > mmap.len() as u64);
         let st = SafeTensors::deserialize(&mmap).map_err(|e| match e {
             safetensors::SafeTensorError::MetadataIncompleteBuffer
             | safetensors::SafeTensorError::HeaderTooSmall => {
                 ModelError::Truncated { path: path.clone(), what: e.to_string() }
             }
+            _ if cut_header => ModelError::Truncated {
+                path: path.clone(),
+                what: format!("the header needs {} bytes, the file has {}", header_len.unwrap_or(0) + 8, mmap.len()),
+            },
             other => ModelError::corrupt(path, other.to_string()),
         })?;
         for (name, view) in st.tensors() {

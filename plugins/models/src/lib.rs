@@ -85,6 +85,24 @@ pub fn load(path: &Path, options: &LoadOptions) -> longrope_core::Result<Box<dyn
     plugin.load(path, options)
 }
 
+/// The files [`load`] reads for a model path: the GGUF file, or an HF directory's `config.json`,
+/// `tokenizer.json`, weight index (if any) and weight files. What a model's content fingerprint covers
+/// (experiment cells and search checkpoints are keyed by it, so weights overwritten in place are noticed).
+pub fn checkpoint_files(path: &Path) -> Result<Vec<PathBuf>> {
+    match Format::of(path)? {
+        Format::Gguf => Ok(vec![path.to_path_buf()]),
+        Format::HfDir(dir) => {
+            let mut files = vec![dir.join("config.json"), dir.join("tokenizer.json")];
+            let index = dir.join("model.safetensors.index.json");
+            if index.exists() {
+                files.push(index);
+            }
+            files.extend(hf::weight_files(&dir)?);
+            Ok(files)
+        }
+    }
+}
+
 /// Only the tokenizer of a model path, without loading weights: GGUF metadata, an HF directory's
 /// `tokenizer.json`, or a `tokenizer.json` file itself.
 pub fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {

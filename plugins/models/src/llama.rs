@@ -84,17 +84,19 @@ impl LlamaConfig {
             return Err(err("attention_bias/mlp_bias", "biases are not supported".into()));
         }
         let rope_scaling = c.builtin_rope_scaling();
+        let hidden_size = HfConfig::size(path, "hidden_size", c.hidden_size)?;
+        let num_heads = HfConfig::size(path, "num_attention_heads", c.num_attention_heads)?;
         let cfg = LlamaConfig {
-            vocab_size: c.vocab_size,
-            hidden_size: c.hidden_size,
-            intermediate_size: c.intermediate_size,
-            num_layers: c.num_hidden_layers,
-            num_heads: c.num_attention_heads,
-            num_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-            head_dim: c.head_dim.unwrap_or(c.hidden_size.checked_div(c.num_attention_heads).unwrap_or(0)),
+            vocab_size: HfConfig::size(path, "vocab_size", c.vocab_size)?,
+            hidden_size,
+            intermediate_size: HfConfig::size(path, "intermediate_size", c.intermediate_size)?,
+            num_layers: HfConfig::size(path, "num_hidden_layers", c.num_hidden_layers)?,
+            num_heads,
+            num_kv_heads: c.num_key_value_heads.unwrap_or(num_heads),
+            head_dim: c.head_dim.unwrap_or(hidden_size.checked_div(num_heads).unwrap_or(0)),
             rms_norm_eps: c.rms_norm_eps,
             rope_theta: c.rope_base(),
-            max_position_embeddings: c.trained_context(),
+            max_position_embeddings: HfConfig::size(path, "max_position_embeddings", c.trained_context())?,
             tie_word_embeddings: c.tie_word_embeddings,
             sliding_window: c.sliding_window,
             bos_token_id: hf::token_id(&c.bos_token_id),
@@ -149,20 +151,23 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
-    /// Check sizes: positive, heads divide, even head_dim, sane epsilon and base.
+    /// Check sizes: positive and within `longrope_core::limits` (or generous bounds of their own), heads divide,
+    /// even head_dim, sane epsilon and base. Nothing is allocated from a config before it passes.
     pub fn validate(&self, path: &Path) -> Result<()> {
+        use longrope_core::limits::{MAX_CONTEXT, MAX_HEAD_DIM, MAX_LAYERS, MAX_ROPE_BASE};
         let err = |field: &str, msg: String| Err(ModelError::config(path, field, msg));
-        for (field, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_layers),
-            ("num_attention_heads", self.num_heads),
-            ("num_key_value_heads", self.num_kv_heads),
-            ("max_position_embeddings", self.max_position_embeddings),
+        for (field, v, max) in [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 18),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_heads, 1 << 12),
+            ("num_key_value_heads", self.num_kv_heads, 1 << 12),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_CONTEXT),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
         ] {
-            if v == 0 {
-                return err(field, "must be positive".into());
+            if v == 0 || v > max {
+                return err(field, format!("{v} is outside [1, {max}]"));
             }
         }
         if self.num_heads % self.num_kv_heads != 0 {
@@ -171,8 +176,8 @@ impl LlamaConfig {
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
             return err("head_dim", format!("must be even and positive, got {}", self.head_dim));
         }
-        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
-            return err("rope_theta", format!("must be > 1, got {}", self.rope_theta));
+        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0 && self.rope_theta <= MAX_ROPE_BASE) {
+            return err("rope_theta", format!("{} is outside (1, {MAX_ROPE_BASE:e}]", longrope_core::limits::show(self.rope_theta)));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
             return err("rms_norm_eps", format!("must be positive, got {}", self.rms_norm_eps));

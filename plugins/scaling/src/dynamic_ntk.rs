@@ -27,7 +27,12 @@ pub struct DynamicNtkConfig {
 
 #[typetag::serde(name = "dynamic-ntk")]
 impl ScalingConfig for DynamicNtkConfig {
+    fn validate(&self) -> longrope_core::Result<()> {
+        Ok(checks::factor_opt("dynamic-ntk", self.factor)?)
+    }
+
     fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
+        self.validate()?;
         checks::shape(shape)?;
         check_head_dim("dynamic-ntk", shape)?;
         let factor = checks::scale("dynamic-ntk", self.factor, shape)?;

@@ -65,6 +65,19 @@ impl Default for DynamicYarnConfig {
 
 #[typetag::serde(name = "dynamic-yarn")]
 impl ScalingConfig for DynamicYarnConfig {
+    fn validate(&self) -> longrope_core::Result<()> {
+        YarnRamp::validated(
+            "dynamic-yarn",
+            self.beta_fast,
+            self.beta_slow,
+            self.truncate,
+            self.attention_factor,
+            self.mscale,
+            self.mscale_all_dim,
+        )?;
+        Ok(())
+    }
+
     fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
         checks::shape(shape)?;
         let ramp = YarnRamp::validated(

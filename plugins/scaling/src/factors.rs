@@ -44,6 +44,21 @@ impl FactorTable {
         }
     }
 
+    /// Check every value alone, without a shape: finite, `>= min`, `<= MAX_SCALE`. `field` names the table.
+    pub fn check_values(&self, field: &str, min: f64) -> Result<()> {
+        let check_row = |name: String, row: &[f64]| -> Result<()> {
+            for (i, v) in row.iter().enumerate() {
+                checks::at_least(&format!("{name}[{i}]"), *v, min, "LongRoPE factors are >= 1 (theta_i / lambda_i never raises a frequency)")?;
+                checks::at_most(&format!("{name}[{i}]"), *v, longrope_core::limits::MAX_SCALE, "larger factors underflow the model's f32 frequencies to 0")?;
+            }
+            Ok(())
+        };
+        match self {
+            FactorTable::Shared(v) => check_row(field.to_string(), v),
+            FactorTable::PerLayer(rows) => rows.iter().enumerate().try_for_each(|(l, row)| check_row(format!("{field}[layer {l}]"), row)),
+        }
+    }
+
     /// Check the table: rows of `half = d/2` values, `num_layers` rows when per-layer, every value finite and
     /// `>= min`. `field` names the table in errors (`longrope.factors`, a file path).
     pub fn validate(&self, field: &str, half: usize, num_layers: usize, min: f64) -> Result<()> {
@@ -62,6 +77,12 @@ impl FactorTable {
                     *v,
                     min,
                     "LongRoPE factors are >= 1 (theta_i / lambda_i never raises a frequency)",
+                )?;
+                checks::at_most(
+                    &format!("{name}[{i}]"),
+                    *v,
+                    longrope_core::limits::MAX_SCALE,
+                    "larger factors underflow the model's f32 frequencies to 0",
                 )?;
             }
             Ok(())
@@ -141,7 +162,7 @@ pub fn parse_csv(text: &str, origin: &Path) -> Result<FactorTable> {
 
 /// Read a LongRoPE factor CSV.
 pub fn read_csv(path: &Path) -> Result<FactorTable> {
-    let text = std::fs::read_to_string(path).map_err(|e| ScalingError::io(path, e))?;
+    let text = longrope_core::files::read_text(path, longrope_core::files::MAX_CONFIG_BYTES)?;
     parse_csv(&text, path)
 }
 
@@ -163,7 +184,7 @@ pub fn to_csv(table: &FactorTable) -> String {
 
 /// Write a LongRoPE factor CSV.
 pub fn write_csv(path: &Path, table: &FactorTable) -> Result<()> {
-    std::fs::write(path, to_csv(table)).map_err(|e| ScalingError::io(path, e))
+    Ok(longrope_core::files::write_atomic(path, to_csv(table).as_bytes())?)
 }
 
 /// The factor table of a built method for a shape at sequence length `seq_len`: per-layer when the method is.

@@ -15,6 +15,7 @@ use longrope_core::{register_plugin, PositionScaling, RopeContext, RopeShape, Ro
 use serde::{Deserialize, Serialize};
 
 use crate::checks;
+use longrope_core::limits::MAX_SCALE;
 use crate::error::ScalingError;
 
 fn default_low_freq_factor() -> f64 {
@@ -52,11 +53,18 @@ impl Default for Llama3Config {
 
 #[typetag::serde(name = "llama3")]
 impl ScalingConfig for Llama3Config {
+    fn validate(&self) -> longrope_core::Result<()> {
+        checks::factor_opt("llama3", self.factor)?;
+        let why = "a wavelength ratio; larger ones put every band on one side";
+        checks::positive_at_most("llama3.low_freq_factor", self.low_freq_factor, MAX_SCALE, why)?;
+        checks::positive_at_most("llama3.high_freq_factor", self.high_freq_factor, MAX_SCALE, why)?;
+        Ok(())
+    }
+
     fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
+        self.validate()?;
         checks::shape(shape)?;
         let factor = checks::scale("llama3", self.factor, shape)?;
-        checks::positive("llama3.low_freq_factor", self.low_freq_factor)?;
-        checks::positive("llama3.high_freq_factor", self.high_freq_factor)?;
         if self.high_freq_factor <= self.low_freq_factor {
             return Err(ScalingError::invalid(
                 "llama3.high_freq_factor",

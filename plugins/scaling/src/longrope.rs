@@ -151,7 +151,24 @@ impl LongRopeConfig {
 
 #[typetag::serde(name = "longrope")]
 impl ScalingConfig for LongRopeConfig {
+    fn validate(&self) -> longrope_core::Result<()> {
+        checks::factor_opt("longrope", self.factor)?;
+        if let Some(f) = &self.factors {
+            f.check_values("longrope.factors", 1.0)?;
+        }
+        if let Some(f) = &self.short_factors {
+            f.check_values("longrope.short_factors", 1.0)?;
+        }
+        longrope_core::limits::int_in("longrope.n_hat", self.n_hat, 0, longrope_core::limits::MAX_CONTEXT, "retained start tokens")?;
+        if let Some(m) = self.attention_factor {
+            let max = longrope_core::limits::MAX_ATTN_FACTOR;
+            checks::positive_at_most("longrope.attention_factor", m, max, "an attention scale multiplying cos and sin")?;
+        }
+        Ok(())
+    }
+
     fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
+        self.validate()?;
         Ok(Arc::new(self.build_longrope(shape)?))
     }
 

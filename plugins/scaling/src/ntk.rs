@@ -42,7 +42,12 @@ pub(crate) fn check_head_dim(method: &str, shape: &RopeShape) -> crate::error::R
 
 #[typetag::serde(name = "ntk")]
 impl ScalingConfig for NtkConfig {
+    fn validate(&self) -> longrope_core::Result<()> {
+        Ok(checks::factor_opt("ntk", self.factor)?)
+    }
+
     fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
+        self.validate()?;
         checks::shape(shape)?;
         check_head_dim("ntk", shape)?;
         let factor = checks::scale("ntk", self.factor, shape)?;

@@ -21,7 +21,12 @@ pub struct PiConfig {
 
 #[typetag::serde(name = "pi")]
 impl ScalingConfig for PiConfig {
+    fn validate(&self) -> longrope_core::Result<()> {
+        Ok(checks::factor_opt("pi", self.factor)?)
+    }
+
     fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
+        self.validate()?;
         checks::shape(shape)?;
         let factor = checks::scale("pi", self.factor, shape)?;
         Ok(Arc::new(Pi { factor }))

@@ -130,8 +130,10 @@ impl YarnRamp {
         mscale: Option<f64>,
         mscale_all_dim: Option<f64>,
     ) -> Result<Self> {
-        checks::positive(&format!("{method}.beta_fast"), beta_fast)?;
-        checks::positive(&format!("{method}.beta_slow"), beta_slow)?;
+        let rotations = "a number of rotations over the context; more than the longest context means nothing";
+        let max_rotations = longrope_core::limits::MAX_CONTEXT as f64;
+        checks::positive_at_most(&format!("{method}.beta_fast"), beta_fast, max_rotations, rotations)?;
+        checks::positive_at_most(&format!("{method}.beta_slow"), beta_slow, max_rotations, rotations)?;
         if beta_fast < beta_slow {
             return Err(ScalingError::invalid(
                 format!("{method}.beta_fast/beta_slow"),
@@ -142,7 +144,8 @@ impl YarnRamp {
             [("attention_factor", attention_factor), ("mscale", mscale), ("mscale_all_dim", mscale_all_dim)]
         {
             if let Some(v) = v {
-                checks::positive(&format!("{method}.{name}"), v)?;
+                let max = longrope_core::limits::MAX_ATTN_FACTOR;
+                checks::positive_at_most(&format!("{method}.{name}"), v, max, "an attention scale multiplying cos and sin")?;
             }
         }
         Ok(YarnRamp { beta_fast, beta_slow, truncate, attention_factor, mscale, mscale_all_dim })
@@ -234,7 +237,22 @@ pub fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
 
 #[typetag::serde(name = "yarn")]
 impl ScalingConfig for YarnConfig {
+    fn validate(&self) -> longrope_core::Result<()> {
+        checks::factor_opt("yarn", self.factor)?;
+        YarnRamp::validated(
+            "yarn",
+            self.beta_fast,
+            self.beta_slow,
+            self.truncate,
+            self.attention_factor,
+            self.mscale,
+            self.mscale_all_dim,
+        )?;
+        Ok(())
+    }
+
     fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
+        self.validate()?;
         checks::shape(shape)?;
         let factor = checks::scale("yarn", self.factor, shape)?;
         let ramp = YarnRamp::validated(

@@ -183,20 +183,36 @@ impl SearchFile {
 
     /// Read and parse a search file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| SearchError::io(path, e))?;
+        let text = longrope_core::files::read_text(path, longrope_core::files::MAX_CONFIG_BYTES)?;
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// Check the common fields.
+    /// Check the common fields; numeric ones against `longrope_core::limits`, the error naming the field and
+    /// `origin` (the file).
     pub fn validate(&self, origin: &str) -> Result<()> {
+        use longrope_core::limits;
+        let bounded = |e: longrope_core::Error| SearchError::config(origin, e.to_string());
         if self.target_length == 0 {
             return Err(SearchError::config(origin, "target_length must be positive"));
         }
+        limits::context("target_length", self.target_length, limits::MIN_EVAL_LENGTH).map_err(bounded)?;
         if self.workers == 0 {
             return Err(SearchError::config(origin, "workers must be at least 1"));
         }
+        limits::int_in("workers", self.workers, 1, 1024, "parallel fitness workers").map_err(bounded)?;
         if self.fitness.documents == 0 {
             return Err(SearchError::config(origin, "fitness.documents must be at least 1"));
+        }
+        limits::int_in("fitness.documents", self.fitness.documents, 1, 1 << 20, "documents per candidate").map_err(bounded)?;
+        if let Some(m) = self.space.max_factor {
+            limits::scale("space.max_factor", m, 1.0).map_err(bounded)?;
+        }
+        limits::int_in("space.n_hat", self.space.n_hat, 0, limits::MAX_CONTEXT, "retained start tokens").map_err(bounded)?;
+        for (i, &n) in self.space.n_hat_values.iter().enumerate() {
+            limits::int_in(&format!("space.n_hat_values[{i}]"), n, 0, limits::MAX_CONTEXT, "retained start tokens").map_err(bounded)?;
+        }
+        if let Some(shape) = self.shape() {
+            shape.validate().map_err(|e| SearchError::config(origin, format!("[shape]: {e}")))?;
         }
         if self.strategy.budget() == 0 {
             return Err(SearchError::config(origin, "the strategy's budget is 0 evaluations"));

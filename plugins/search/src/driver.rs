@@ -4,11 +4,15 @@
 //!
 //! Durability (see `docs/search.md`):
 //! - `history.jsonl` gets each evaluation as soon as its fitness batch (one candidate per worker) returns;
-//! - `checkpoint.json` is replaced atomically (temporary file + rename) after every generation, and once
-//!   before the first: it holds the strategy's state (population, RNG state ...), the history, the curve
-//!   and the cost account;
-//! - `resume` reloads the checkpoint and takes the evaluations that `history.jsonl` holds beyond it (the
-//!   part of a generation finished before a kill) as already done. Strategies are deterministic given their
+//! - `checkpoint.json` is replaced atomically (`longrope_core::files::write_atomic`) after every generation,
+//!   and once before the first: it holds the run's identity (`meta`: the search config and, from the callers,
+//!   the content identity of the model and the corpus), the strategy's state (population, RNG state ...), the
+//!   history, the curve and the cost account;
+//! - `resume` reloads the checkpoint, refuses it when `meta` differs (naming what differs: a changed corpus
+//!   or model is never mixed into the history) and takes the evaluations that `history.jsonl` holds beyond it
+//!   (the part of a generation finished before a kill) as already done;
+//! - a fresh run refuses a directory holding a checkpoint with evaluations, but replaces one with none (a
+//!   search that failed before its first evaluation has nothing to lose). Strategies are deterministic given their
 //!   state and fitness is deterministic, so a resumed run proposes exactly the candidates the uninterrupted
 //!   run would have, re-evaluates none that were recorded, and ends with the same result.
 
@@ -23,9 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{from_core, Result, SearchError};
 use crate::fitness::Fitness;
-use crate::outputs::{
-    best_record, seed_results, write_atomic, write_results, CostAccount, CurvePoint, OutputPaths, Record, SeedResult,
-};
+use crate::outputs::{best_record, seed_results, write_results, CostAccount, CurvePoint, OutputPaths, Record, SeedResult};
+use longrope_core::files::{prepare_out_dir, write_atomic, OutputKind};
 
 /// Version of the checkpoint format.
 pub const CHECKPOINT_VERSION: u32 = 1;
@@ -334,22 +337,37 @@ impl<'a> Driver<'a> {
 
     fn save(&self) -> Result<()> {
         let text = serde_json::to_vec(&self.checkpoint()?).expect("checkpoints serialize");
-        write_atomic(&self.paths.checkpoint(), &text)
+        Ok(write_atomic(&self.paths.checkpoint(), &text)?)
     }
 
-    /// A new run: refuse an existing checkpoint, create the directory and an empty history, checkpoint.
+    /// A new run: refuse an existing checkpoint that holds evaluations (one with none, left by a search that
+    /// failed before its first evaluation, is replaced), prepare the directory, write an empty history,
+    /// checkpoint.
     fn start_fresh(&mut self) -> Result<f64> {
         let cp = self.paths.checkpoint();
-        if cp.exists() {
+        if cp.exists() && !self.nothing_to_resume() {
             return Err(SearchError::checkpoint(
                 &cp,
                 "already exists: pass --resume to continue that search, or choose another output directory",
             ));
         }
-        std::fs::create_dir_all(&self.paths.dir).map_err(|e| SearchError::io(&self.paths.dir, e))?;
+        prepare_out_dir(&self.paths.dir, OutputKind::Search)?;
         write_atomic(&self.paths.history(), b"")?;
         self.save()?;
         Ok(0.0)
+    }
+
+    /// Whether the directory's checkpoint and journal hold no evaluation (so a fresh start loses nothing).
+    fn nothing_to_resume(&self) -> bool {
+        let journal_empty = match std::fs::read(self.paths.history()) {
+            Ok(bytes) => bytes.iter().all(|b| b.is_ascii_whitespace()),
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        };
+        let checkpoint_empty = std::fs::read(self.paths.checkpoint())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok())
+            .is_some_and(|cp| cp.history.is_empty() && cp.generation == 0);
+        journal_empty && checkpoint_empty
     }
 
     /// Resume: load the checkpoint, restore the strategy, salvage the journal's tail. Returns the wall time
@@ -368,10 +386,18 @@ impl<'a> Driver<'a> {
             ));
         }
         if cp.meta != self.meta {
-            return Err(SearchError::checkpoint(
-                &cp_path,
-                "was written by a different search config (strategy, space, seed, shape or fitness differ)",
-            ));
+            let mut diffs = Vec::new();
+            json_diff("", &cp.meta, &self.meta, &mut diffs);
+            let inputs = diffs.iter().any(|d| d.starts_with("inputs"));
+            let shown: Vec<&str> = diffs.iter().take(6).map(String::as_str).collect();
+            let more = if diffs.len() > shown.len() { format!(" and {} more", diffs.len() - shown.len()) } else { String::new() };
+            let what = if inputs {
+                "the model or the corpus changed since it was written (their content differs), so its evaluations \
+                 measured other inputs; start a new search in another directory"
+            } else {
+                "was written by a different search config (strategy, space, seed, shape or fitness differ)"
+            };
+            return Err(SearchError::checkpoint(&cp_path, format!("{what}; differs at: {}{more}", shown.join(", "))));
         }
         if cp.strategy != self.strategy.name() {
             return Err(SearchError::checkpoint(&cp_path, format!("was written by strategy `{}`", cp.strategy)));
@@ -404,5 +430,29 @@ impl<'a> Driver<'a> {
         let wall = tail.iter().filter_map(|r| r.wall_seconds).fold(self.cost.wall_seconds, f64::max);
         self.salvaged = tail.into_iter().map(|r| (candidate_key(&r.candidate), r)).collect();
         Ok(wall)
+    }
+}
+
+/// The paths (`a.b[2].c`) at which two JSON values differ, depth first.
+fn json_diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    let join = |k: &str| if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => json_diff(&join(k), u, v, out),
+                    _ => out.push(join(k)),
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                json_diff(&format!("{path}[{i}]"), u, v, out);
+            }
+        }
+        _ if a != b => out.push(if path.is_empty() { "(root)".into() } else { path.to_string() }),
+        _ => {}
     }
 }

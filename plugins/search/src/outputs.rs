@@ -2,14 +2,15 @@
 //! as a `longrope` scaling TOML, the history of every evaluation (JSON lines), the best-fitness curve and the
 //! cost account. See `docs/search.md` for the files and their formats.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use longrope_core::files::write_atomic;
 
 use longrope_core::search::Candidate;
 use longrope_core::RopeShape;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, SearchError};
+use crate::error::Result;
 use crate::fitness::serde_fitness;
 
 /// One evaluation, as recorded in the history.
@@ -209,26 +210,6 @@ pub fn factors_csv(factors: &[f64]) -> String {
     factors.iter().map(|x| format!("{x:?}\n")).collect()
 }
 
-/// Write `text` to `path` atomically: a temporary file beside it, synced, then renamed over it.
-pub fn write_atomic(path: &Path, text: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or_default()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| SearchError::io(&tmp, e))?;
-    f.write_all(text).map_err(|e| SearchError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| SearchError::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| SearchError::io(path, e))?;
-    if let Some(dir) = path.parent() {
-        // Make the rename itself durable; not every platform can open a directory, so failures are ignored.
-        if let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
 /// The best record (lowest fitness, the earliest on ties).
 pub fn best_record(history: &[Record]) -> Option<&Record> {
     history.iter().fold(None, |best: Option<&Record>, r| match best {
@@ -321,17 +302,5 @@ mod tests {
         let h = vec![rec(0, f64::INFINITY), rec(1, 3.0), rec(2, 2.0), rec(3, 2.0)];
         assert_eq!(best_record(&h).unwrap().index, 2);
         assert!(best_record(&[]).is_none());
-    }
-
-    #[test]
-    fn atomic_write_replaces_the_file() {
-        let dir = std::env::temp_dir().join(format!("longrope-search-outputs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("x.json");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
-        assert!(!dir.join("x.json.tmp").exists());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -293,7 +293,8 @@ impl Default for ExportSection {
 impl FinetuneFile {
     /// Read and parse a fine-tune file; errors name the file and the field.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        // A regular file of bounded size (`/dev/zero` is refused, not read without bound).
+        let text = longrope_core::files::read_text(path, longrope_core::files::MAX_CONFIG_BYTES)?;
         Self::parse(&text, &path.display().to_string())
     }
 

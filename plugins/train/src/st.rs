@@ -56,12 +56,13 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     for (name, t) in tensors {
         owned.push((name.clone(), bytes_of(t, path, name)?));
     }
-    let tmp = path.with_extension("safetensors.tmp");
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     let views: Vec<(String, &Bytes)> = owned.iter().map(|(n, b)| (n.clone(), b)).collect();
-    safetensors::tensor::serialize_to_file(views, Some(meta), &tmp)
-        .map_err(|e| TrainError::Checkpoint { path: tmp.clone(), message: e.to_string() })?;
-    crate::fsio::sync_and_rename(&tmp, path)
+    // Through the project's atomic helper: the temporary file is removed if serializing fails (a full disk).
+    longrope_core::files::write_atomic_path(path, |tmp| {
+        safetensors::tensor::serialize_to_file(views, Some(meta), tmp)
+            .map_err(|e| TrainError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })
+    })
 }
 
 /// Read every tensor of a safetensors file (CPU, stored dtype), by name.

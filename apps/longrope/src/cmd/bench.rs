@@ -216,6 +216,8 @@ fn decode(args: DecodeArgs) -> Result<()> {
     if args.lengths.is_empty() || args.lengths.contains(&0) || args.steps == 0 {
         bail!("--lengths must list positive lengths and --steps must be positive");
     }
+    check_lengths(&args.lengths)?;
+    longrope_core::limits::int_in("--steps", args.steps, 1, longrope_core::limits::MAX_CONTEXT, "decoding steps")?;
     per_dtype_and_length(&args.model, &args.device, &args.dtypes, &args.lengths, args.json, |model, tables, prompt| {
         let mut cache = KvCache::default();
         let t0 = Instant::now();
@@ -250,10 +252,19 @@ fn decode(args: DecodeArgs) -> Result<()> {
 }
 
 
+/// `--lengths` within `longrope_core::limits` (a length of 1e11 would abort on allocation).
+fn check_lengths(lengths: &[usize]) -> Result<()> {
+    for &l in lengths {
+        longrope_core::limits::context("--lengths", l, 1)?;
+    }
+    Ok(())
+}
+
 fn forward(args: ForwardArgs) -> Result<()> {
     if args.lengths.is_empty() || args.lengths.contains(&0) {
         bail!("--lengths must list positive lengths");
     }
+    check_lengths(&args.lengths)?;
     per_dtype_and_length(&args.model, &args.device, &args.dtypes, &args.lengths, args.json, |model, tables, tokens| {
         reset_peak_rss();
         let t0 = Instant::now();

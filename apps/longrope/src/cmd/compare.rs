@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 /// Arguments of `longrope compare`.
 #[derive(Debug, clap::Args)]
@@ -24,7 +24,7 @@ pub fn run(args: Args) -> Result<()> {
     let md = longrope_experiment::report::compare(&args.results, args.out.as_deref())?;
     print!("{md}");
     if let Some(p) = &args.out {
-        std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
+        longrope_core::files::write_atomic(p, md.as_bytes())?;
     }
     Ok(())
 }

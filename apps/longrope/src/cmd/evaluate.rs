@@ -3,12 +3,18 @@
 //! The scaling tables follow each evaluated length (dynamic methods and short/long switching recompute them);
 //! the target context `L'` of the scaling defaults to the longest length (at least the trained context), so a
 //! plugin name means "extend to the longest length asked for". Results are printed (text or one JSON document)
-//! and written after every length to `OUT/results.json` and `OUT/results.csv`, so an error later loses nothing.
+//! and written after every length to `OUT/results.json` and `OUT/results.csv` (atomically), so an error later
+//! loses nothing. `OUT` is checked before the model is loaded (writable, not another command's output); the
+//! results of an earlier run found there are kept as `results-N.json` / `results-N.csv` when this run writes
+//! its first result, and a run that computes nothing writes nothing. The header records the content identity
+//! of the model and the corpus (`inputs`, SHA-256 of their files).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use longrope_core::eval::{parse_evaluator_toml, EvaluatorConfig, Score};
+use longrope_core::files::{prepare_out_dir, OutputKind};
+use longrope_core::limits;
 use longrope_data::corpus::{Corpus, TokenDocs};
 use longrope_eval::passkey::PasskeyConfig;
 use longrope_eval::ppl::PplConfig;
@@ -111,8 +117,10 @@ fn parse_choice<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Resu
 }
 
 fn evaluator_config(name: &str, args: &Args) -> Result<Box<dyn EvaluatorConfig>> {
-    if name.ends_with(".toml") || Path::new(name).is_file() {
-        let text = std::fs::read_to_string(name).with_context(|| format!("reading {name}"))?;
+    // A built-in name is never read as a file (a file named `ppl` in the working directory is not a config).
+    let builtin = matches!(name, "ppl" | "passkey" | "needle-ppl");
+    if !builtin && (name.ends_with(".toml") || Path::new(name).is_file()) {
+        let text = longrope_core::files::read_text(Path::new(name), longrope_core::files::MAX_CONFIG_BYTES)?;
         return Ok(parse_evaluator_toml(&text, name)?);
     }
     Ok(match name {
@@ -178,20 +186,35 @@ fn score_json(s: &Score) -> serde_json::Value {
     v
 }
 
+/// Move an earlier run's `results.json` / `results.csv` in `out` aside to the first free `results-N.*`, so that
+/// this run's results never replace them. Returns the names they were kept under.
+fn keep_earlier_results(out: &Path) -> Result<Option<String>> {
+    let (json, csv) = (out.join("results.json"), out.join("results.csv"));
+    if !json.exists() && !csv.exists() {
+        return Ok(None);
+    }
+    let n = (1..).find(|n| !out.join(format!("results-{n}.json")).exists() && !out.join(format!("results-{n}.csv")).exists()).unwrap_or(1);
+    let mut kept = Vec::new();
+    for (from, ext) in [(json, "json"), (csv, "csv")] {
+        if from.exists() {
+            let to = out.join(format!("results-{n}.{ext}"));
+            std::fs::rename(&from, &to).with_context(|| format!("keeping the earlier {} as {}", from.display(), to.display()))?;
+            kept.push(to.display().to_string());
+        }
+    }
+    Ok(Some(kept.join(", ")))
+}
+
+/// Write `results.json` and `results.csv` of the scores so far, each atomically.
 fn write_outputs(out: &Path, header: &serde_json::Value, scores: &[Score]) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut doc = header.clone();
     doc["results"] = scores.iter().map(score_json).collect();
-    let json_path = out.join("results.json");
-    let tmp = out.join("results.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &json_path).with_context(|| format!("writing {}", json_path.display()))?;
+    longrope_core::files::write_atomic(&out.join("results.json"), serde_json::to_string_pretty(&doc)?.as_bytes())?;
     let mut csv = String::from("evaluator,length,metric,value,tokens,seconds\n");
     for s in scores {
         csv.push_str(&format!("{},{},{},{},{},{:.3}\n", s.evaluator, s.length, s.metric, s.value, s.tokens, s.seconds));
     }
-    let csv_path = out.join("results.csv");
-    std::fs::write(&csv_path, csv).with_context(|| format!("writing {}", csv_path.display()))?;
+    longrope_core::files::write_atomic(&out.join("results.csv"), csv.as_bytes())?;
     Ok(())
 }
 
@@ -208,30 +231,44 @@ pub fn run(which: Which, args: Args) -> Result<()> {
         let config = evaluator_config(n, &args)?;
         evaluators.push((n.clone(), config.build().with_context(|| format!("evaluator {n}"))?));
     }
-    if args.lengths.iter().any(|&l| l < 8) {
-        bail!("--lengths: every length must be at least 8 tokens, got {:?}", args.lengths);
+    for &l in &args.lengths {
+        limits::context("--lengths", l, limits::MIN_EVAL_LENGTH)?;
+    }
+    limits::distinct("--lengths", &args.lengths)?;
+    if let Some(t) = args.target {
+        limits::context("--target", t, 1)?;
     }
     let needs_data = names.iter().any(|n| n != "passkey");
     if needs_data && args.data.is_none() {
         bail!("--data is required for {}", names.join(", "));
     }
+    let command = match which {
+        Which::Ppl => "ppl",
+        Which::Passkey => "passkey",
+        Which::Eval => "eval",
+    };
+    // Before any work: the output directory must be writable and not hold another command's outputs.
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(command));
+    prepare_out_dir(&out, OutputKind::Evaluation).with_context(|| format!("--out {}", out.display()))?;
+    let data_paths: Option<Vec<PathBuf>> = if needs_data { args.data.clone().map(|d| vec![d]) } else { None };
+    let inputs = longrope_experiment::identity::inputs(&args.model, &args.dtype, &args.device, data_paths.as_deref())
+        .context("fingerprinting the model and data")?;
     let model = load_model(&args.model, &args.device, &args.dtype, None)?;
     let trained = model.summary().original_context();
     let longest = args.lengths.iter().copied().max().unwrap_or(trained);
     let target = args.target.unwrap_or(longest.max(trained));
     let schedule = schedule(model.as_ref(), args.scaling.as_deref(), Some(target))?;
+    // The tables of every length are checked now, before any compute (a dynamic plugin's fields are only
+    // known to it; an out-of-range table names the --scaling file here).
+    for &length in &args.lengths {
+        schedule.tables(length).with_context(|| format!("--scaling {} at {length} tokens", args.scaling.as_deref().unwrap_or("none")))?;
+    }
     let corpus = match &args.data {
         Some(d) => Some(Corpus::open(d, model.tokenizer()).with_context(|| format!("--data {}", d.display()))?),
         None => None,
     };
     let empty = TokenDocs::default();
     let source = corpus.as_ref().map(|c| c.source()).unwrap_or(&empty);
-    let command = match which {
-        Which::Ppl => "ppl",
-        Which::Passkey => "passkey",
-        Which::Eval => "eval",
-    };
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(command));
     let header = serde_json::json!({
         "command": command,
         "model": args.model.display().to_string(),
@@ -242,20 +279,32 @@ pub fn run(which: Which, args: Args) -> Result<()> {
         "target": target,
         "dtype": args.dtype,
         "device": args.device,
+        "inputs": inputs,
     });
     let mut scores: Vec<Score> = Vec::new();
+    // Writes happen only once there is a result: a run that fails before its first result leaves `out` as it
+    // was; the first write keeps an earlier run's results aside.
+    let mut first_write = true;
+    let mut save = |scores: &[Score]| -> Result<()> {
+        if first_write {
+            first_write = false;
+            if let Some(kept) = keep_earlier_results(&out)? {
+                eprintln!("earlier results in {} kept as {kept}", out.display());
+            }
+        }
+        write_outputs(&out, &header, scores)
+    };
     for (name, evaluator) in &evaluators {
         for &length in &args.lengths {
-            let score = evaluator
-                .evaluate(model.as_ref(), &schedule, length, source)
-                .with_context(|| format!("{name} at {length} tokens (results so far are in {})", out.display()));
-            let score = match score {
-                Ok(s) => s,
-                Err(e) => {
-                    write_outputs(&out, &header, &scores)?;
-                    return Err(e);
+            // Every result so far was written when it was computed.
+            let done = scores.len();
+            let score = evaluator.evaluate(model.as_ref(), &schedule, length, source).with_context(|| {
+                if done == 0 {
+                    format!("{name} at {length} tokens (nothing written to {})", out.display())
+                } else {
+                    format!("{name} at {length} tokens (the {done} results so far are in {}/results.json)", out.display())
                 }
-            };
+            })?;
             for w in score.details.get("warnings").and_then(|w| w.as_array()).into_iter().flatten() {
                 eprintln!("warning: {name} at {length} tokens: {}", w.as_str().unwrap_or_default());
             }
@@ -266,9 +315,10 @@ pub fn run(which: Which, args: Args) -> Result<()> {
                 );
             }
             scores.push(score);
-            write_outputs(&out, &header, &scores)?;
+            save(&scores)?;
         }
     }
+    drop(save);
     if args.json {
         let mut doc = header;
         doc["results"] = scores.iter().map(score_json).collect();

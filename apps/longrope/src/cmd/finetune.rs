@@ -42,6 +42,11 @@ pub fn run(args: Args) -> Result<()> {
     let spec = Finetune::load(&args.config)?;
     let stem = args.config.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "finetune".into());
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs/finetune").join(stem));
+    if !args.check {
+        // Before the model is loaded: writable, and not another command's output directory.
+        longrope_core::files::prepare_out_dir(&out, longrope_core::files::OutputKind::Finetune)
+            .with_context(|| format!("--out {}", out.display()))?;
+    }
     let m = &spec.file.model;
     let options = LoadOptions { device: parse_device(&m.device)?, dtype: parse_dtype(&m.dtype)?, sliding_window: None };
     let mut model = longrope_models::load(&m.path, &options).with_context(|| format!("loading model {}", m.path.display()))?;
@@ -69,7 +74,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         Outcome::Finished(summary) => {
             let json = serde_json::to_string_pretty(&summary)?;
-            std::fs::write(out.join("summary.json"), &json).with_context(|| format!("writing {}", out.join("summary.json").display()))?;
+            longrope_core::files::write_atomic(&out.join("summary.json"), json.as_bytes())?;
             if args.json {
                 println!("{json}");
             } else {

@@ -42,6 +42,11 @@ pub struct Args {
 
 /// Run `longrope generate`.
 pub fn run(args: Args) -> Result<()> {
+    use longrope_core::limits;
+    limits::int_in("--max-new-tokens", args.max_new_tokens, 0, limits::MAX_CONTEXT, "tokens to generate")?;
+    if let Some(t) = args.target {
+        limits::context("--target", t, 1)?;
+    }
     let model = load_model(&args.model, &args.device, &args.dtype, None)?;
     let schedule = schedule(model.as_ref(), args.scaling.as_deref(), args.target)?;
     let enc = model.tokenizer().encode(args.prompt.as_str(), true).map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;

@@ -87,7 +87,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.hf_config {
         let block = factors::hf_rope_scaling(method.as_ref(), &shape)?;
         let mut doc = if path.exists() {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = longrope_core::files::read_text(path, longrope_core::files::MAX_CONFIG_BYTES)?;
             match serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))? {
                 serde_json::Value::Object(map) => map,
                 _ => anyhow::bail!("{}: expected a JSON object (an HF config.json)", path.display()),
@@ -97,7 +97,8 @@ pub fn run(args: Args) -> Result<()> {
         };
         factors::hf_config_update(&mut doc, block, &shape);
         let text = serde_json::to_string_pretty(&serde_json::Value::Object(doc))? + "\n";
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        // Atomic: a full disk must not leave the user's config.json truncated.
+        longrope_core::files::write_atomic(path, text.as_bytes())?;
     }
 
     if args.json {

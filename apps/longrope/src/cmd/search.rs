@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use longrope_search::driver::{Driver, DriverOptions, Outcome};
 use longrope_core::eval::EvaluatorConfig;
+use longrope_core::files::{prepare_out_dir, OutputKind};
 use longrope_core::model::LanguageModel;
 use longrope_core::search::Candidate;
 use longrope_core::RopeShape;
@@ -142,6 +143,8 @@ pub fn run(args: Args) -> Result<()> {
         let stem = args.config.file_stem().and_then(|s| s.to_str()).unwrap_or("search");
         PathBuf::from("runs/search").join(format!("{stem}-{strategy_name}"))
     });
+    // Before any model is loaded: a writable directory that holds no other command's outputs.
+    prepare_out_dir(&out, OutputKind::Search).with_context(|| format!("--out {}", out.display()))?;
     let shape = match args.fitness.as_str() {
         "synthetic" => file.shape().with_context(|| {
             format!("{}: the synthetic fitness needs a [shape] table (head_dim, rope_base, ...)", args.config.display())
@@ -221,9 +224,9 @@ fn run_model(args: &Args, file: SearchFile, out: PathBuf, strategy_name: String)
     let mut arch = None;
     let mut fitness = ParallelFitness::new(file.workers, |w| {
         let model = load_model(&section.path, &device_of(w), &dtype, None)
-            .map_err(|e| longrope_search::SearchError::Fitness(format!("{e:#}")))?;
+            .map_err(|e| longrope_search::SearchError::Fitness(longrope_core::error::chain_message(e.as_ref())))?;
         let docs = fitness_docs(&file, model.tokenizer(), &args.config)
-            .map_err(|e| longrope_search::SearchError::Fitness(format!("{e:#}")))?;
+            .map_err(|e| longrope_search::SearchError::Fitness(longrope_core::error::chain_message(e.as_ref())))?;
         let evaluator = fitness_evaluator_config(&file.fitness, file.target_length)?;
         evaluator.build()?;
         let s = model.summary().rope_shape(file.target_length);
@@ -237,6 +240,10 @@ fn run_model(args: &Args, file: SearchFile, out: PathBuf, strategy_name: String)
         .with_context(|| format!("building the `{strategy_name}` search from {}", args.config.display()))?;
     let mut meta = file.meta(&shape);
     meta["fitness_kind"] = serde_json::Value::from("model");
+    // What the model and the corpus contain: a resume after either changed is refused (the checkpoint's
+    // evaluations measured other inputs). The same identity as the experiment runner's.
+    meta["inputs"] = longrope_experiment::identity::inputs(&section.path, &dtype, &device, Some(&file.fitness.corpus))
+        .context("fingerprinting the model and the [fitness] corpus")?;
     eprintln!(
         "search `{strategy_name}` on {}: d/2 = {}, s = {}, lambda in [1, {}], budget {} evaluations of {} at {} tokens, out {}",
         section.path.display(),

@@ -29,6 +29,9 @@ pub struct Args {
 
 /// Run `longrope tokenize`.
 pub fn run(args: Args) -> Result<()> {
+    // Before tokenizing: a writable directory that holds no other command's outputs.
+    longrope_core::files::prepare_out_dir(&args.out, longrope_core::files::OutputKind::TokenStore)
+        .with_context(|| format!("--out {}", args.out.display()))?;
     let tokenizer = longrope_models::load_tokenizer(&args.model).with_context(|| format!("tokenizer of {}", args.model.display()))?;
     let mut docs = Vec::new();
     for input in &args.inputs {

@@ -144,7 +144,7 @@ checkpoint_every = {every}
 
 fn run_finetune(spec: &longrope_train::Finetune, out: &Path, resume: bool, stop: Option<usize>) -> (Box<dyn LanguageModel>, longrope_train::Outcome) {
     let mut model = load(&spec.file.model.path, spec.compute_dtype());
-    let opts = longrope_train::RunOptions { out_dir: out.to_path_buf(), resume, stop_after_steps: stop, progress: false };
+    let opts = longrope_train::RunOptions { out_dir: out.to_path_buf(), resume, stop_after_steps: stop, progress: false, model_identity: None };
     let outcome = longrope_train::Trainer::new(spec, model.as_mut(), opts).unwrap_or_else(|e| panic!("{e}")).run(&mut |_| {}).unwrap();
     (model, outcome)
 }
@@ -183,7 +183,7 @@ fn stopped_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
     assert!(matches!(first, longrope_train::Outcome::Stopped { step: 7 }));
     // Resuming without --resume is refused; with it, the run continues from step 7.
     let mut model = load(&spec.file.model.path, Kind::Float);
-    let opts = longrope_train::RunOptions { out_dir: parts.clone(), resume: false, stop_after_steps: None, progress: false };
+    let opts = longrope_train::RunOptions { out_dir: parts.clone(), resume: false, stop_after_steps: None, progress: false, model_identity: None };
     let err = longrope_train::Trainer::new(&spec, model.as_mut(), opts).err().expect("refused").to_string();
     assert!(err.contains("--resume") && err.contains("step 7"), "{err}");
     run_finetune(&spec, &parts, true, None);
@@ -201,7 +201,7 @@ fn stopped_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
     // A resume against changed data is refused rather than mixing two runs.
     let other = tiny_finetune(dir.path(), 12, &extra.replace("0.3", "0.5"));
     let mut model = load(&other.file.model.path, Kind::Float);
-    let opts = longrope_train::RunOptions { out_dir: parts.clone(), resume: true, stop_after_steps: None, progress: false };
+    let opts = longrope_train::RunOptions { out_dir: parts.clone(), resume: true, stop_after_steps: None, progress: false, model_identity: None };
     let err = longrope_train::Trainer::new(&other, model.as_mut(), opts).err().expect("refused").to_string();
     assert!(err.contains("another config"), "{err}");
 }
@@ -336,4 +336,36 @@ fn bench_train_compares_dtypes_on_the_same_steps() {
         assert_eq!(r["losses"].as_array().unwrap().len(), 3);
         assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
     }
+}
+
+#[test]
+fn resume_after_the_base_model_changed_in_place_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // A private copy of the tiny model whose weights we rewrite (same size, other values).
+    let model = dir.path().join("tiny");
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(common::tiny_llama()).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    tiny_finetune(dir.path(), 10, "");
+    let config = dir.path().join("ft.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(&common::tiny_llama().display().to_string(), &model.display().to_string());
+    std::fs::write(&config, text).unwrap();
+    let out = dir.path().join("out");
+    let args = ["finetune", "--config", config.to_str().unwrap(), "--out", out.to_str().unwrap(), "--no-progress"];
+    let first = common::longrope(&[&args[..], &["--stop-after-steps", "3"]].concat());
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    // Same path, same size, same modification time: only the content differs.
+    let weights = model.join("model.safetensors");
+    let modified = std::fs::metadata(&weights).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let n = bytes.len();
+    bytes[n - 8..].iter_mut().for_each(|b| *b ^= 0x40);
+    std::fs::write(&weights, &bytes).unwrap();
+    std::fs::File::options().write(true).open(&weights).unwrap().set_modified(modified).unwrap();
+    assert_eq!(std::fs::metadata(&weights).unwrap().modified().unwrap(), modified);
+    let again = common::longrope(&[&args[..], &["--resume"]].concat());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && err.contains("another config, model or data"), "{err}");
 }

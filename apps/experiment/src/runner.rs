@@ -483,7 +483,13 @@ fn run_finetune(
     log(format!("finetune {}: loading {} ({}) to train under `{}`", f.name, base.name, m.path.display(), f.method));
     let mut model = longrope_models::load(&m.path, &options)?;
     let resume = !longrope_train::checkpoint::list(&dir.join("checkpoints")).is_empty();
-    let opts = longrope_train::RunOptions { out_dir: dir.clone(), resume, stop_after_steps: None, progress: true };
+    let opts = longrope_train::RunOptions {
+        out_dir: dir.clone(),
+        resume,
+        stop_after_steps: None,
+        progress: true,
+        model_identity: Some(crate::identity::model_content(&m.path)?),
+    };
     let trainer = longrope_train::Trainer::new(&spec, model.as_mut(), opts)?;
     // Evaluation never reads a document the model was trained on.
     if !exp.corpus.is_empty() {

@@ -96,6 +96,10 @@ pub struct RunOptions {
     pub stop_after_steps: Option<usize>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// The content identity of the base model (digests of its files, as the experiment runner and
+    /// `longrope search` compute it), so a resume on a model overwritten in place is refused. `None` falls
+    /// back to the model file's path, size and modification time.
+    pub model_identity: Option<serde_json::Value>,
 }
 
 /// One line of `train_log.jsonl`.
@@ -287,11 +291,14 @@ impl<'m> Trainer<'m> {
         }
         hashed.as_object_mut().map(|o| o.remove("export"));
         let model_meta = std::fs::metadata(&f.model.path).ok();
+        let model_identity = opts.model_identity.clone().unwrap_or_else(|| {
+            serde_json::json!({"path": f.model.path, "bytes": model_meta.as_ref().map(|m| m.len()),
+                "modified": model_meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs())})
+        });
         let identity = serde_json::json!({
             "config": hashed,
             "scaling": serde_json::to_value(&spec.scaling).unwrap_or_default(),
-            "model": {"path": f.model.path, "bytes": model_meta.as_ref().map(|m| m.len()),
-                      "modified": model_meta.and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs())},
+            "model": model_identity,
             "data": plan.corpus().docs(),
         });
         let config_hash = hex(&Sha256::digest(identity.to_string().as_bytes()));

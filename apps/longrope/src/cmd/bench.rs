@@ -130,7 +130,7 @@ fn train(args: TrainArgs) -> Result<()> {
         let out = scratch.join(dtype);
         let _ = std::fs::remove_dir_all(&out);
         reset_peak_rss();
-        let opts = RunOptions { out_dir: out.clone(), resume: false, stop_after_steps: None, progress: !args.json };
+        let opts = RunOptions { out_dir: out.clone(), resume: false, stop_after_steps: None, progress: !args.json, model_identity: None };
         Trainer::new(&spec, model.as_mut(), opts)?.run(&mut |_| {})?;
         let peak = peak_rss_mib();
         let log = read_log(&out.join("train_log.jsonl"))?;

@@ -50,7 +50,14 @@ pub fn run(args: Args) -> Result<()> {
     let m = &spec.file.model;
     let options = LoadOptions { device: parse_device(&m.device)?, dtype: parse_dtype(&m.dtype)?, sliding_window: None };
     let mut model = longrope_models::load(&m.path, &options).with_context(|| format!("loading model {}", m.path.display()))?;
-    let opts = RunOptions { out_dir: out.clone(), resume: args.resume, stop_after_steps: args.stop_after_steps, progress: !args.no_progress && !args.json };
+    let identity = longrope_experiment::identity::model_content(&m.path).with_context(|| format!("hashing {}", m.path.display()))?;
+    let opts = RunOptions {
+        out_dir: out.clone(),
+        resume: args.resume,
+        stop_after_steps: args.stop_after_steps,
+        progress: !args.no_progress && !args.json,
+        model_identity: Some(identity),
+    };
     if args.check {
         let dir = tempfile_dir(&out)?;
         let trainer = Trainer::new(&spec, model.as_mut(), RunOptions { out_dir: dir.clone(), resume: false, ..opts })?;

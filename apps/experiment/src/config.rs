@@ -320,6 +320,8 @@ pub struct Experiment {
     pub evals: Vec<EvalSpec>,
     /// Fine-tune steps, in file order.
     pub finetunes: Vec<FinetuneSpec>,
+    /// Dynamic plugin libraries, resolved (loaded by [`Experiment::load`]; workers load them per cell).
+    pub plugins: Vec<PathBuf>,
 }
 
 /// Set `path` (dotted) in `table` to `value`, creating intermediate tables.
@@ -722,7 +724,7 @@ impl Experiment {
             }
             finetunes.push(spec);
         }
-        Ok(Experiment { path: path.to_path_buf(), file, models, corpus, methods, searches, evals, finetunes })
+        Ok(Experiment { path: path.to_path_buf(), file, models, corpus, methods, searches, evals, finetunes, plugins: libraries })
     }
 
     fn check_scaling(table: &toml::Table, base_dir: &Path, origin: &str) -> Result<()> {

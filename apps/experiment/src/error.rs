@@ -22,6 +22,9 @@ pub enum ExperimentError {
     /// An error of a search step.
     #[error(transparent)]
     Search(#[from] longrope_search::SearchError),
+    /// An error of the storage holding cells and searches (files, SQLite, PostgreSQL).
+    #[error(transparent)]
+    Storage(#[from] longrope_storage::StorageError),
     /// An error of the evaluation crate (corpus reading, tokenization).
     #[error(transparent)]
     Data(#[from] longrope_data::DataError),

@@ -8,17 +8,21 @@
 //!
 //! - [`config`]: the schema, validation before any compute, ablation expansion;
 //! - [`runner`]: searches, cells, the cache and resume; [`identity`]: what the inputs contain (cache keys);
+//! - [`cells`]: a cell as a trial (its task, one loaded model per process); [`worker`]: `longrope worker`,
+//!   which evaluates the trials of any study (search candidates, cells) in a shared database;
 //! - [`report`]: `results.json`, `results.csv`, `report.md`, and `compare` over several runs;
 //! - [`plots`]: PNG and SVG plots with `plotters`.
 //!
 //! See `docs/experiments.md`.
 
+pub mod cells;
 pub mod config;
 pub mod error;
 pub mod identity;
 pub mod plots;
 pub mod report;
 pub mod runner;
+pub mod worker;
 
 pub use config::{Experiment, ExperimentFile};
 pub use error::{ExperimentError, Result};

@@ -1,28 +1,34 @@
 //! The experiment runner: searches first, then every cell (model x method x evaluator x length x seed), each
-//! model loaded once, each finished cell cached in `OUT/cells/KEY.json` (KEY = SHA-256 of the cell's resolved
-//! config and of its inputs' *content*, [`crate::identity`]), so a re-run or `--resume` skips it, and weights or
-//! texts changed in place are computed again. Writes are atomic (`longrope_core::files`): a kill or a full
-//! disk loses at most the cell in progress and leaves no temporary file. Search steps run through `longrope_search::Driver` with the model-backed
-//! `EvaluatorFitness` and checkpoint per generation; a finished search is cached in
+//! model loaded once. Cells are trials of one study in a `longrope_storage::Storage` ([`crate::cells`]), keyed by
+//! the SHA-256 of the cell's resolved config and of its inputs' *content* ([`crate::identity`]), so a re-run or
+//! `--resume` skips a finished cell, and weights or texts changed in place are computed again:
+//! - with files (`--out DIR`, the default) each finished cell is `OUT/cells/KEY.json`, written atomically
+//!   (`longrope_core::files`): a kill or a full disk loses at most the cell in progress;
+//! - with a database (`--storage URL`) the cells are a study that `longrope worker` processes on any machine
+//!   share with the runner; the report is built from the database.
+//!
+//! Search steps run through `longrope_search::Driver` with the model-backed `EvaluatorFitness` and checkpoint
+//! per generation (in the same storage: workers evaluate their candidates too); a finished search is cached in
 //! `OUT/searches/NAME-HASH/experiment_summary.json`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use longrope_core::eval::{parse_evaluator_toml, Score, TokenSource};
+use longrope_core::eval::{Score, TokenSource};
 use longrope_core::files::{prepare_out_dir, write_atomic, OutputKind};
-use longrope_core::model::{LanguageModel, LoadOptions, ModelSummary};
-use longrope_core::scaling::RopeSchedule;
+use longrope_core::model::{LoadOptions, ModelSummary};
 use longrope_core::search::Candidate;
 use longrope_core::RopeShape;
 use longrope_data::corpus::CorpusSet;
-use longrope_search::driver::{DriverOptions, Outcome};
+use longrope_search::driver::{DriverOptions, Outcome, StudyTarget};
+use longrope_storage::{Claim, FileStorage, OpenMode, Storage, StudyKind, StudySettings, StudySpec, TrialState};
 use longrope_search::outputs::{CostAccount, CurvePoint, SeedResult};
 use longrope_search::{candidate_to_toml, fitness_evaluator_config, Driver, EvaluatorFitness};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::cells::{compute_cell, CellTask, Models};
 use crate::config::{parse_scaling_table, referenced_files, EvalSpec, Experiment, FinetuneSpec, MethodSource, MethodSpec, ModelEntry, SearchSpec};
 use crate::error::{ExperimentError, Result};
 use crate::report::{self, Machine, Results};
@@ -41,6 +47,35 @@ pub struct RunOptions {
     pub resume: bool,
     /// Stop cleanly after computing this many new cells (tests; splitting a long run into jobs).
     pub stop_after_cells: Option<usize>,
+    /// A database shared with workers (`sqlite:PATH`, `postgres://...`) instead of the files in `out_dir`.
+    pub storage: Option<String>,
+    /// The study's name in the database (default: the experiment's name).
+    pub study: Option<String>,
+}
+
+impl RunOptions {
+    /// A run into `out_dir` with files.
+    pub fn new(out_dir: impl Into<PathBuf>) -> Self {
+        RunOptions { out_dir: out_dir.into(), resume: false, stop_after_cells: None, storage: None, study: None }
+    }
+
+    /// Open the storage this run keeps its cells and searches in.
+    pub fn open_storage(&self) -> Result<Box<dyn Storage>> {
+        match &self.storage {
+            Some(url) => Ok(longrope_storage::open(url)?),
+            None => Ok(Box::new(FileStorage::new(&self.out_dir))),
+        }
+    }
+
+    /// The name of a study of this run: the experiment's cells (`sub` = `None`) or one of its searches.
+    fn study_name(&self, exp: &Experiment, sub: Option<&str>) -> String {
+        match (&self.storage, sub) {
+            (None, None) => String::new(),
+            (None, Some(rel)) => rel.to_string(),
+            (Some(_), None) => self.study.clone().unwrap_or_else(|| exp.file.name.clone()),
+            (Some(_), Some(rel)) => format!("{}/{rel}", self.study.clone().unwrap_or_else(|| exp.file.name.clone())),
+        }
+    }
 }
 
 /// How a run ended.
@@ -141,71 +176,40 @@ fn inputs_identity(m: &ModelEntry, data: Option<&[PathBuf]>) -> Result<serde_jso
     crate::identity::inputs(&m.path, &m.dtype, &m.device, data)
 }
 
-/// One planned cell.
-struct Planned<'e> {
-    method: &'e MethodSpec,
-    eval: &'e EvalSpec,
-    length: usize,
-    seed: Option<u64>,
-    key: String,
-    scaling_table: toml::Table,
-    base_dir: PathBuf,
-    target: Option<usize>,
-}
-
-fn load_model(m: &ModelEntry) -> Result<Box<dyn LanguageModel>> {
-    let device = if m.device == "auto" {
-        if tch::Cuda::is_available() { tch::Device::Cuda(0) } else { tch::Device::Cpu }
-    } else {
-        longrope_core::device::parse_device(&m.device)?
-    };
-    let options = LoadOptions { device, dtype: longrope_core::device::parse_dtype(&m.dtype)?, sliding_window: None };
-    Ok(longrope_models::load(&m.path, &options)?)
-}
-
-/// A loaded model with its corpus, created on first use.
-struct Loaded {
-    model: Box<dyn LanguageModel>,
-    data: Option<CorpusSet>,
-}
-
 /// Run an experiment into `opts.out_dir`; `log` receives one progress line per step.
 pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> Result<RunOutcome> {
     let started = Instant::now();
     let out = &opts.out_dir;
-    let cells_dir = out.join("cells");
     // Refuses a directory of another kind (ppl results, a search, a token store) and an unwritable one before
     // anything is computed.
     prepare_out_dir(out, OutputKind::Experiment)?;
-    for d in [cells_dir.clone(), out.join("searches"), out.join("models")] {
+    for d in [out.join("searches"), out.join("models")] {
         std::fs::create_dir_all(&d).map_err(|e| ExperimentError::io(&d, e))?;
     }
-    // The manifest ties the directory to one experiment file.
+    // The study's config ties its cells (and, with files, the directory) to one experiment file.
     let file_json = serde_json::to_value(&exp.file).expect("experiment files serialize");
     let config_hash = hash_json(&file_json);
-    let manifest_path = out.join("experiment.json");
-    if manifest_path.exists() && !opts.resume {
-        let bytes = longrope_core::files::read_bytes(&manifest_path, longrope_core::files::MAX_CONFIG_BYTES)?;
-        let old: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| ExperimentError::OutDir {
-            path: manifest_path.clone(),
-            message: format!(
-                "does not parse ({e}), so which experiment wrote {} is unknown: pass --resume to reuse the cells it \
-                 holds (each is keyed by its full configuration and inputs, so only matching ones are reused), or choose another --out",
-                out.display()
-            ),
-        })?;
-        if old.get("config_hash").and_then(|h| h.as_str()) != Some(config_hash.as_str()) {
-            let name = old.get("name").and_then(|n| n.as_str()).map(|n| format!(" (`{n}`)")).unwrap_or_default();
-            return Err(ExperimentError::OutDir {
-                path: out.clone(),
-                message: format!(
-                    "holds results of another version of the experiment{name}: pass --resume to reuse its unchanged cells, or choose another --out"
-                ),
-            });
-        }
+    let config = serde_json::json!({"name": exp.file.name, "config_hash": config_hash, "config": file_json});
+    let spec = StudySpec {
+        name: opts.study_name(exp, None),
+        kind: StudyKind::Experiment,
+        config: config.clone(),
+        identity: serde_json::Value::Null,
+        derived: serde_json::Value::Null,
+        settings: StudySettings::default(),
+    };
+    let mut storage = opts.open_storage()?;
+    let study = storage.open_study(&spec, if opts.resume { OpenMode::Adopt } else { OpenMode::Join })?;
+    if opts.storage.is_some() {
+        log(format!("experiment `{}`: cells in study `{}` of {}", exp.file.name, study.name, storage.location()));
+        let mut manifest = config.clone();
+        manifest["storage"] = serde_json::Value::from(storage.location());
+        manifest["study"] = serde_json::Value::from(study.name.clone());
+        write_atomic(&out.join("experiment.json"), serde_json::to_string_pretty(&manifest).expect("json").as_bytes())?;
     }
-    let manifest = serde_json::json!({"name": exp.file.name, "config_hash": config_hash, "experiment": exp.path.display().to_string(), "config": file_json});
-    write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest).expect("json").as_bytes())?;
+    let worker = longrope_storage::worker_name();
+    let beats = longrope_storage::HeartbeatThread::start(storage.heartbeats()?, worker.clone(), study.settings.grace_seconds / 4.0);
+    let mut models = Models::new();
 
     // Fine-tuned models are evaluated like models, on the base model's dtype and device, after it.
     let slots: Vec<(&ModelEntry, Option<&FinetuneSpec>)> = exp
@@ -246,7 +250,6 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
             }
         };
         model_infos.push(report::ModelInfo { name: m.name.clone(), path: m.path.display().to_string(), dtype: m.dtype.clone(), device: m.device.clone(), summary: None });
-        let mut loaded: Option<Loaded> = None;
         // What the model and the corpus contain, fingerprinted once per model (digests are cached).
         log(format!("fingerprinting the inputs of {} ({})", m.name, m.path.display()));
         let with_data = inputs_identity(m, Some(&exp.corpus))?;
@@ -254,20 +257,21 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
         let summary_path = out.join("models").join(format!("{}.json", file_stem(&m.name)));
         // Searches on this model.
         for s in exp.searches.iter().filter(|s| s.model == m.name) {
-            let r = run_search(exp, s, m, out, &mut loaded, log)?;
+            let r = run_search(exp, s, m, opts, &mut models, log)?;
             searches.push(r);
         }
-        // Plan the cells.
-        let mut planned = Vec::new();
+        // Plan the cells: one trial each, keyed by its content identity.
+        let mut planned: Vec<(String, CellTask)> = Vec::new();
         for e in exp.evals.iter().filter(|e| exp.eval_runs_on(e, &m.name)) {
             for method in exp.methods_for(e, &m.name) {
                 let (scaling_table, base_dir, from_target, scaling_id) = method_scaling(exp, method, &searches)?;
                 let target = method.target.or(from_target).or(exp.file.target);
                 for &length in &e.lengths {
                     for &seed in &e.seeds {
+                        let inputs = if e.evaluator == "passkey" { &without_data } else { &with_data };
                         let identity = serde_json::json!({
                             "format": CELL_FORMAT,
-                            "inputs": if e.evaluator == "passkey" { &without_data } else { &with_data },
+                            "inputs": inputs,
                             "finetune": finetunes.iter().find(|f| f.name == m.name).map(|f| f.hash.clone()),
                             "scaling": scaling_id,
                             "target": target,
@@ -275,92 +279,136 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
                             "evaluator": serde_json::to_value(e.table_for(seed)).unwrap_or_default(),
                             "length": length,
                         });
-                        planned.push(Planned {
-                            method,
-                            eval: e,
+                        done += 1;
+                        let label = format!(
+                            "[{done:>3}/{total_cells}] {} {} {}@{}{}",
+                            m.name,
+                            method.name,
+                            e.name,
                             length,
-                            seed,
-                            key: hash_json(&identity),
-                            scaling_table: scaling_table.clone(),
-                            base_dir: base_dir.clone(),
-                            target,
-                        });
+                            seed.map(|s| format!(" seed={s}")).unwrap_or_default()
+                        );
+                        planned.push((
+                            hash_json(&identity),
+                            CellTask {
+                                label,
+                                experiment: exp.path.clone(),
+                                plugins: exp.plugins.clone(),
+                                model: m.clone(),
+                                corpus: exp.corpus.clone(),
+                                inputs: inputs.clone(),
+                                method: method.name.clone(),
+                                method_base: method.base.clone(),
+                                ablation: method.ablation.clone(),
+                                eval: e.name.clone(),
+                                evaluator: e.evaluator.clone(),
+                                eval_table: e.table_for(seed),
+                                length,
+                                seed,
+                                scaling_table: scaling_table.clone(),
+                                base_dir: base_dir.clone(),
+                                target,
+                                longest: exp.longest_length(&m.name),
+                            },
+                        ));
                     }
                 }
             }
         }
-        // Run them.
-        for p in planned {
-            done += 1;
-            let cell_path = cells_dir.join(format!("{}.json", p.key));
-            let label = format!(
-                "[{done:>3}/{total_cells}] {} {} {}@{}{}",
-                m.name,
-                p.method.name,
-                p.eval.name,
-                p.length,
-                p.seed.map(|s| format!(" seed={s}")).unwrap_or_default()
-            );
-            if let Ok(text) = std::fs::read_to_string(&cell_path) {
-                if let Ok(cell) = serde_json::from_str::<CellResult>(&text) {
-                    log(format!("{label}: {} = {:.4} (cached)", cell.score.metric, cell.score.value));
-                    cells.push(CellResult { model: m.name.clone(), method: p.method.name.clone(), eval: p.eval.name.clone(), ..cell });
-                    continue;
+        let payloads: Vec<(String, serde_json::Value)> =
+            planned.iter().map(|(k, t)| (k.clone(), serde_json::to_value(t).expect("cell tasks serialize"))).collect();
+        storage.add_trials(study.id, &payloads)?;
+        // Cached cells are reported in order; the others are computed here or by workers elsewhere.
+        let by_key = |trials: Vec<longrope_storage::Trial>| -> BTreeMap<String, longrope_storage::Trial> {
+            trials.into_iter().map(|t| (t.key.clone(), t)).collect()
+        };
+        let mut state = by_key(storage.trials(study.id, None)?);
+        let mut pending = std::collections::BTreeSet::new();
+        for (key, task) in &planned {
+            match state.get(key).and_then(|t| t.result.clone().filter(|_| t.state == TrialState::Complete)) {
+                Some(r) if serde_json::from_value::<CellResult>(r.clone()).is_ok() => {
+                    let cell: CellResult = serde_json::from_value(r).expect("checked");
+                    log(format!("{}: {} = {:.4} (cached)", task.label, cell.score.metric, cell.score.value));
+                }
+                _ => {
+                    pending.insert(key.clone());
                 }
             }
+        }
+        while !pending.is_empty() {
             if let Some(k) = opts.stop_after_cells {
                 if computed >= k {
                     log(format!("stopped after {computed} new cells (--stop-after-cells); run again to continue"));
                     return Ok(RunOutcome::Stopped { computed });
                 }
             }
-            if loaded.is_none() {
-                log(format!("loading model {} ({})", m.name, m.path.display()));
-                let model = load_model(m)?;
-                let data = if exp.corpus.is_empty() { None } else { Some(CorpusSet::open(&exp.corpus, model.tokenizer())?) };
-                loaded = Some(Loaded { model, data });
+            if let Some(t) = storage.claim(&worker, Claim::Study(study.id))? {
+                let task: CellTask = serde_json::from_value(t.payload.clone())
+                    .map_err(|e| ExperimentError::config(&exp.path, format!("cell {}: its task does not parse: {e}", t.key)))?;
+                beats.hold(std::slice::from_ref(&t));
+                let result = compute_cell(&task, &mut models, log);
+                beats.release();
+                match result {
+                    Ok(mut cell) => {
+                        cell.key = t.key.clone();
+                        log(format!("{}: {} = {:.4} ({} tokens, {:.1} s)", task.label, cell.score.metric, cell.score.value, cell.score.tokens, cell.score.seconds));
+                        let value = serde_json::to_value(&cell).expect("cells serialize");
+                        storage.complete(study.id, t.number, &worker, &value, Some(cell.score.value), cell.score.seconds)?;
+                        computed += 1;
+                        pending.remove(&t.key);
+                    }
+                    Err(e) => {
+                        let message = longrope_core::error::chain_message(&e);
+                        storage.fail(study.id, t.number, &worker, &message)?;
+                        if opts.storage.is_none() {
+                            // One process: stop at the first error, as before the storage layer.
+                            return Err(ExperimentError::Core(longrope_core::Error::invalid(
+                                task.label.clone(),
+                                format!("{message} (finished cells are cached in {})", out.join("cells").display()),
+                            )));
+                        }
+                        log(format!("{}: failed: {message}", task.label));
+                    }
+                }
+                continue;
             }
-            let l = loaded.as_ref().expect("loaded above");
-            let s = l.model.summary().clone();
-            let trained = s.original_context();
-            let target = p.target.unwrap_or_else(|| exp.longest_length(&m.name).max(trained));
-            let config = parse_scaling_table(&p.scaling_table, &p.base_dir, &p.method.name)?;
-            let schedule = RopeSchedule::new(config.as_ref(), s.rope_shape(target))
-                .and_then(|sc| sc.tables(p.length).map(|_| sc))
-                .map_err(|e| ExperimentError::config(&exp.path, format!("[[method]] `{}` at {} tokens: {e}", p.method.name, p.length)))?;
-            let text = toml::to_string(&p.eval.table_for(p.seed)).expect("tables serialize");
-            let evaluator = parse_evaluator_toml(&text, &p.eval.name)?.build()?;
-            let empty = longrope_data::corpus::TokenDocs::default();
-            let source: &dyn TokenSource = match &l.data {
-                Some(d) => d,
-                None => &empty,
-            };
-            let score = evaluator.evaluate(l.model.as_ref(), &schedule, p.length, source).map_err(|e| {
-                ExperimentError::Core(longrope_core::Error::invalid(format!("cell {label}"), format!("{e} (finished cells are cached in {})", cells_dir.display())))
-            })?;
-            log(format!("{label}: {} = {:.4} ({} tokens, {:.1} s)", score.metric, score.value, score.tokens, score.seconds));
-            let cell = CellResult {
-                key: p.key.clone(),
-                model: m.name.clone(),
-                method: p.method.name.clone(),
-                method_base: p.method.base.clone(),
-                ablation: p.method.ablation.clone(),
-                eval: p.eval.name.clone(),
-                evaluator: p.eval.evaluator.clone(),
-                length: p.length,
-                seed: p.seed,
-                target,
-                trained_context: trained,
-                scaling: schedule.method.name().to_string(),
-                scaling_params: schedule.method.params(),
-                score,
-            };
-            write_atomic(&cell_path, serde_json::to_string_pretty(&cell).expect("cells serialize").as_bytes())?;
-            cells.push(cell);
-            computed += 1;
+            // Nothing to claim: the rest is running elsewhere (or failed).
+            state = by_key(storage.trials(study.id, None)?);
+            for key in pending.clone() {
+                match state.get(&key).map(|t| t.state) {
+                    Some(TrialState::Complete) => {
+                        let t = &state[&key];
+                        if let Some((_, task)) = planned.iter().find(|(k, _)| *k == key) {
+                            log(format!("{}: computed by {}", task.label, t.worker.clone().unwrap_or_else(|| "another worker".into())));
+                        }
+                        pending.remove(&key);
+                    }
+                    Some(TrialState::Failed) => {
+                        let t = &state[&key];
+                        let label = planned.iter().find(|(k, _)| *k == key).map(|(_, t)| t.label.clone()).unwrap_or(key.clone());
+                        return Err(ExperimentError::Core(longrope_core::Error::invalid(
+                            format!("cell {label}"),
+                            format!("failed for good: {}", t.error.clone().unwrap_or_default()),
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            if !pending.is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
         }
-        if let Some(l) = &loaded {
-            let s = l.model.summary().clone();
+        // The slot's cells, in plan order, as stored.
+        state = by_key(storage.trials(study.id, None)?);
+        for (key, task) in &planned {
+            let result = state.get(key).and_then(|t| t.result.clone()).ok_or_else(|| {
+                ExperimentError::config(&exp.path, format!("cell {}: no result stored", task.label))
+            })?;
+            let cell: CellResult = serde_json::from_value(result)
+                .map_err(|e| ExperimentError::config(&exp.path, format!("cell {}: stored result does not parse: {e}", task.label)))?;
+            cells.push(CellResult { key: key.clone(), model: m.name.clone(), method: task.method.clone(), eval: task.eval.clone(), ..cell });
+        }
+        if let Some(s) = models.summary_of(&m.path, &m.dtype, &m.device) {
             write_atomic(&summary_path, serde_json::to_string_pretty(&s).expect("json").as_bytes())?;
         }
         if let Ok(text) = std::fs::read_to_string(&summary_path) {
@@ -369,6 +417,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
             }
         }
     }
+    beats.stop();
     for mi in &mut model_infos {
         mi.summary = summaries.get(&mi.name).cloned();
     }
@@ -383,6 +432,13 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
         machine: Machine::detect(),
         wall_seconds: started.elapsed().as_secs_f64(),
     };
+    // With a database the results are kept in the study too (`longrope study export` writes them back): each
+    // finished run stores them as the next checkpoint.
+    if opts.storage.is_some() {
+        let next = storage.checkpoint(study.id, None)?.map(|(g, _)| g + 1).unwrap_or(0);
+        storage.save_checkpoint(study.id, next, &serde_json::to_value(&results).expect("results serialize"))?;
+    }
+    storage.finish_study(study.id, None)?;
     report::write_all(out, &results, log)?;
     Ok(RunOutcome::Finished(Box::new(results)))
 }
@@ -532,15 +588,17 @@ fn run_finetune(
     Ok(r)
 }
 
-/// Run (or load the cached result of) one search step.
+/// Run (or load the cached result of) one search step: a search study in the run's storage (with a
+/// database, workers evaluate its candidates too), exported to `OUT/searches/NAME-HASH`.
 fn run_search(
     exp: &Experiment,
     s: &SearchSpec,
     m: &ModelEntry,
-    out: &Path,
-    loaded: &mut Option<Loaded>,
+    opts: &RunOptions,
+    models: &mut Models,
     log: &mut dyn FnMut(String),
 ) -> Result<SearchResult> {
+    let out = &opts.out_dir;
     let mut file_json = serde_json::to_value(&s.file).unwrap_or_default();
     if let Some(o) = file_json.as_object_mut() {
         o.remove("workers");
@@ -561,27 +619,16 @@ fn run_search(
             return Ok(r);
         }
     }
-    if loaded.is_none() {
-        log(format!("loading model {} ({})", m.name, m.path.display()));
-        let model = load_model(m)?;
-        let data = if exp.corpus.is_empty() { None } else { Some(CorpusSet::open(&exp.corpus, model.tokenizer())?) };
-        *loaded = Some(Loaded { model, data });
-    }
-    let l = loaded.as_ref().expect("loaded above");
-    let own;
-    let source: &dyn TokenSource = if s.file.fitness.corpus.is_empty() {
-        l.data.as_ref().ok_or_else(|| ExperimentError::config(&exp.path, format!("search `{}`: no corpus", s.name)))?
-    } else {
-        own = CorpusSet::open(&s.file.fitness.corpus, l.model.tokenizer())?;
-        &own
-    };
-    let shape = l.model.summary().rope_shape(s.file.target_length);
-    let (strategy, ctx) = s.file.build(&shape, &s.file.registry_seeds(Some(&l.model.summary().arch)))?;
+    let model = models.model(&m.path, &m.dtype, &m.device, log)?;
+    let summary = model.summary().clone();
+    let (model, source) = models.with_corpus(&corpus)?;
+    let shape = summary.rope_shape(s.file.target_length);
+    let (strategy, ctx) = s.file.build(&shape, &s.file.registry_seeds(Some(&summary.arch)))?;
     let seeds = ctx.seed_candidates()?;
     let strategy_name = strategy.name().to_string();
     let evaluator = fitness_evaluator_config(&s.file.fitness, s.file.target_length)?.build()?;
-    let mut fitness = EvaluatorFitness::new(l.model.as_ref(), evaluator, source, shape.clone());
-    let resume = dir.join("checkpoint.json").exists();
+    let mut fitness = EvaluatorFitness::new(model, evaluator, source as &dyn TokenSource, shape.clone());
+    let resume = opts.storage.is_none() && dir.join("checkpoint.json").exists();
     log(format!(
         "search {}: {} on {} at {} tokens, budget {} evaluations{}",
         s.name,
@@ -591,10 +638,22 @@ fn run_search(
         s.file.strategy.budget(),
         if resume { " (resuming)" } else { "" }
     ));
-    let opts = DriverOptions { out_dir: dir.clone(), resume, stop_after_generations: None, progress: true };
-    let mut meta = s.file.meta(&shape);
+    let driver_opts = DriverOptions { resume, progress: true, ..DriverOptions::new(dir.clone()) };
+    let mut meta = if opts.storage.is_some() {
+        // Workers elsewhere load the model and the corpus the study names.
+        let mut file = s.file.clone_with_model(m.path.clone(), m.dtype.clone(), m.device.clone(), corpus.clone())?;
+        file.workers = 1;
+        file.meta(&shape)
+    } else {
+        s.file.meta(&shape)
+    };
     meta["inputs"] = inputs;
-    let outcome = Driver::new(strategy, &mut fitness, shape.clone(), meta, opts).with_seeds(seeds).run()?;
+    let mut driver = Driver::new(strategy, &mut fitness, shape.clone(), meta, driver_opts).with_seeds(seeds);
+    if opts.storage.is_some() {
+        let target = StudyTarget { storage: opts.open_storage()?, name: opts.study_name(exp, Some(&rel)), settings: StudySettings::default() };
+        driver = driver.with_storage(target, longrope_search::SearchFile::study_derived(&ctx));
+    }
+    let outcome = driver.run()?;
     let Outcome::Finished(summary) = outcome else {
         return Err(ExperimentError::config(&exp.path, format!("search `{}` stopped before finishing", s.name)));
     };

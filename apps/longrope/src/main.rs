@@ -56,6 +56,12 @@ enum Command {
     /// Fine-tune a model under a scaling method (full or LoRA, PoSE, mixed windows), resumable, exported as an
     /// HF directory.
     Finetune(cmd::finetune::Args),
+    /// Evaluate the trials of searches and experiments kept in a database (`--storage URL`), on any machine,
+    /// until the work is done.
+    Worker(cmd::worker::Args),
+    /// Studies in a database: `list`, `status` (progress, running trials and their workers, best so far),
+    /// `export` (to the directory format `compare` and reports read).
+    Study(cmd::study::Args),
 }
 
 /// Reference every plugin crate so the linker keeps their registrations.
@@ -91,6 +97,8 @@ fn main() -> ExitCode {
         Command::Compare(a) => cmd::compare::run(a),
         Command::Search(a) => cmd::search::run(a),
         Command::Finetune(a) => cmd::finetune::run(a),
+        Command::Worker(a) => cmd::worker::run(a),
+        Command::Study(a) => cmd::study::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -246,6 +246,51 @@ impl SearchFile {
         Ok((self.strategy.build(&ctx)?, ctx))
     }
 
+    /// Build the strategy from given seeds (a study's stored ones, [`SearchFile::study_derived`]) instead of
+    /// fetching them: how a worker rebuilds the strategy of a study it joins.
+    pub fn build_with_seeds(&self, shape: &RopeShape, seeds: Vec<Seed>) -> Result<(Box<dyn SearchStrategy>, SearchContext)> {
+        let space = SearchSpace::new(&self.space, shape)?;
+        let ctx = SearchContext { space, seeds, seed: self.seed };
+        Ok((self.strategy.build(&ctx)?, ctx))
+    }
+
+    /// What a study stores beside its config for workers to rebuild the strategy: the seeds (their factors are
+    /// computed from the scaling registry and the model's architecture, which a worker may not share).
+    pub fn study_derived(ctx: &SearchContext) -> serde_json::Value {
+        serde_json::json!({ "seeds": ctx.seeds })
+    }
+
+    /// The search file, its resolved RoPE shape and its fitness kind (`model`, `synthetic`) from a study's
+    /// config (a run's [`SearchFile::meta`] without `inputs`) and its derived values' seeds.
+    pub fn from_study(config: &serde_json::Value, derived: &serde_json::Value) -> Result<(SearchFile, RopeShape, String, Vec<Seed>)> {
+        let origin = "the study's config";
+        let mut v = config.clone();
+        let o = v.as_object_mut().ok_or_else(|| SearchError::config(origin, "not a JSON object"))?;
+        let shape: RopeShape = o
+            .remove("resolved_shape")
+            .and_then(|s| serde_json::from_value(s).ok())
+            .ok_or_else(|| SearchError::config(origin, "no `resolved_shape`"))?;
+        let kind = o.remove("fitness_kind").and_then(|k| k.as_str().map(str::to_string)).unwrap_or_else(|| "model".into());
+        o.remove("inputs");
+        let file: SearchFile = serde_json::from_value(v).map_err(|e| SearchError::config(origin, e.to_string()))?;
+        file.validate(origin)?;
+        let seeds: Vec<Seed> = match derived.get("seeds") {
+            Some(s) => serde_json::from_value(s.clone()).map_err(|e| SearchError::config("the study's seeds", e.to_string()))?,
+            None => Vec::new(),
+        };
+        Ok((file, shape, kind, seeds))
+    }
+
+    /// A copy with the `[model]` table and the fitness corpus set (an experiment's search step, whose model is
+    /// the experiment's, run as a study that workers elsewhere must be able to load).
+    pub fn clone_with_model(&self, path: PathBuf, dtype: String, device: String, corpus: Vec<PathBuf>) -> Result<SearchFile> {
+        let mut v = serde_json::to_value(self).map_err(|e| SearchError::config("search", e.to_string()))?;
+        v["model"] = serde_json::to_value(ModelSection { path, dtype: Some(dtype), device: Some(device) })
+            .map_err(|e| SearchError::config("search", e.to_string()))?;
+        v["fitness"]["corpus"] = serde_json::to_value(corpus).map_err(|e| SearchError::config("search", e.to_string()))?;
+        serde_json::from_value(v).map_err(|e| SearchError::config("search", e.to_string()))
+    }
+
     /// What identifies the run in its checkpoint: the whole file as JSON plus the shape, without `workers`
     /// (the worker count does not change results, so a search may resume on other hardware).
     pub fn meta(&self, shape: &RopeShape) -> serde_json::Value {

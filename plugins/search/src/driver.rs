@@ -1,61 +1,64 @@
-//! The search driver: ask the strategy for a batch, deduplicate it against everything already evaluated,
-//! evaluate the rest through a [`Fitness`], record every evaluation, tell the strategy, checkpoint. Repeat
-//! until the strategy proposes nothing.
+//! The search driver: one process running a search study ([`crate::study`]) to its end, evaluating trials
+//! with its own [`Fitness`] while other processes may do the same (`longrope worker`).
 //!
-//! Durability (see `docs/search.md`):
+//! Where the state lives is a [`Storage`]: by default today's files in `out_dir` ([`FileStorage`]), or a
+//! database shared with other processes ([`Driver::with_storage`]). Durability with files (see
+//! `docs/search.md`):
 //! - `history.jsonl` gets each evaluation as soon as its fitness batch (one candidate per worker) returns;
-//! - `checkpoint.json` is replaced atomically (`longrope_core::files::write_atomic`) after every generation,
-//!   and once before the first: it holds the run's identity (`meta`: the search config and, from the callers,
-//!   the content identity of the model and the corpus), the strategy's state (population, RNG state ...), the
-//!   history, the curve and the cost account;
+//! - `checkpoint.json` is replaced atomically after every generation, and once before the first: the run's
+//!   identity (`meta`: the search config and, from the callers, the content identity of the model and the
+//!   corpus), the strategy's state (population, RNG state ...), the history, the curve and the cost account;
 //! - `resume` reloads the checkpoint, refuses it when `meta` differs (naming what differs: a changed corpus
 //!   or model is never mixed into the history) and takes the evaluations that `history.jsonl` holds beyond it
 //!   (the part of a generation finished before a kill) as already done;
-//! - a fresh run refuses a directory holding a checkpoint with evaluations, but replaces one with none (a
-//!   search that failed before its first evaluation has nothing to lose). Strategies are deterministic given their
-//!   state and fitness is deterministic, so a resumed run proposes exactly the candidates the uninterrupted
-//!   run would have, re-evaluates none that were recorded, and ends with the same result.
+//! - a fresh run refuses a directory holding a checkpoint with evaluations, but replaces one with none.
+//!
+//! Strategies are deterministic given their state and fitness is deterministic, so a resumed run, or a study
+//! run by several processes, proposes exactly the candidates the uninterrupted single-process run would have,
+//! re-evaluates none that were recorded, and ends with the same result.
 
-use std::collections::HashMap;
-use std::io::{BufRead, Write};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use longrope_core::search::{Candidate, Scored};
+use longrope_core::search::Candidate;
 use longrope_core::{RopeShape, SearchStrategy};
-use serde::{Deserialize, Serialize};
+use longrope_storage::{FileStorage, OpenMode, Storage, StudyKind, StudySettings, StudySpec};
 
-use crate::error::{from_core, Result, SearchError};
+use crate::error::{Result, SearchError};
 use crate::fitness::Fitness;
 use crate::outputs::{best_record, seed_results, write_results, CostAccount, CurvePoint, OutputPaths, Record, SeedResult};
-use longrope_core::files::{prepare_out_dir, write_atomic, OutputKind};
+use crate::study::{claim_trials, evaluate_trials, Advance, SearchStudy};
 
-/// Version of the checkpoint format.
-pub const CHECKPOINT_VERSION: u32 = 1;
+pub use crate::study::{candidate_key, CHECKPOINT_VERSION};
 
 /// How a run is driven.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DriverOptions {
-    /// Output directory (checkpoint, history, results).
-    pub out_dir: std::path::PathBuf,
-    /// Continue from the checkpoint in `out_dir` instead of starting afresh.
+    /// Output directory: the search directory with files; with a database, where the study is exported when
+    /// it finishes (today's format, for `longrope compare` and reports).
+    pub out_dir: PathBuf,
+    /// Continue from the checkpoint in `out_dir` (a database study: require that it exists).
     pub resume: bool,
     /// Stop (as if killed, but cleanly) once this many generations are checkpointed, counting those before a
     /// resume. For tests and for splitting a long search into jobs.
     pub stop_after_generations: Option<usize>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Return as soon as the study has a generation waiting for workers (a database study that `longrope
+    /// worker` processes finish).
+    pub detach: bool,
 }
 
 impl DriverOptions {
     /// Fresh run into `out_dir`, no progress bar.
-    pub fn new(out_dir: impl Into<std::path::PathBuf>) -> Self {
-        DriverOptions { out_dir: out_dir.into(), resume: false, stop_after_generations: None, progress: false }
+    pub fn new(out_dir: impl Into<PathBuf>) -> Self {
+        DriverOptions { out_dir: out_dir.into(), resume: false, stop_after_generations: None, progress: false, detach: false }
     }
 }
 
-/// What a checkpoint holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What a search directory's `checkpoint.json` holds.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     /// [`CHECKPOINT_VERSION`].
     pub version: u32,
@@ -85,6 +88,11 @@ pub enum Outcome {
         /// Generations finished and checkpointed.
         generation: usize,
     },
+    /// Left to workers ([`DriverOptions::detach`]) with this generation waiting.
+    Detached {
+        /// The generation waiting for workers.
+        generation: usize,
+    },
 }
 
 /// The result of a finished search.
@@ -98,7 +106,7 @@ pub struct Summary {
     pub curve: Vec<CurvePoint>,
     /// The cost account.
     pub cost: CostAccount,
-    /// Evaluations made by this process (not counting those done before a resume).
+    /// Evaluations made by this process (not counting those done before a resume, or by other workers).
     pub evaluated_now: usize,
     /// Evaluations recovered on resume from `history.jsonl` beyond the checkpoint (not re-run).
     pub recovered: usize,
@@ -106,17 +114,14 @@ pub struct Summary {
     pub seeds: Vec<SeedResult>,
 }
 
-/// The deduplication key of a candidate: factors (to 1e-9), `n_hat`, attention factor.
-pub fn candidate_key(c: &Candidate) -> String {
-    let mut key = String::with_capacity(c.factors.len() * 12);
-    for x in &c.factors {
-        key.push_str(&format!("{x:.9},"));
-    }
-    key.push_str(&format!("n{}", c.n_hat));
-    if let Some(m) = c.attn_factor {
-        key.push_str(&format!(",m{m:.9}"));
-    }
-    key
+/// A database study to run instead of the files in `out_dir`.
+pub struct StudyTarget {
+    /// The storage.
+    pub storage: Box<dyn Storage>,
+    /// The study's name.
+    pub name: String,
+    /// Retry rules, when the study is created.
+    pub settings: StudySettings,
 }
 
 /// The driver of one search run.
@@ -126,23 +131,26 @@ pub struct Driver<'a> {
     shape: RopeShape,
     meta: serde_json::Value,
     opts: DriverOptions,
-    paths: OutputPaths,
-    history: Vec<Record>,
-    cache: HashMap<String, usize>,
-    salvaged: HashMap<String, Record>,
-    generation: usize,
-    curve: Vec<CurvePoint>,
-    cost: CostAccount,
-    evaluated_now: usize,
-    recovered: usize,
     seeds: Vec<(String, Candidate)>,
-    wall_before: f64,
-    started: Instant,
+    derived: serde_json::Value,
+    target: Option<StudyTarget>,
+    log: Option<Box<dyn FnMut(String) + 'a>>,
 }
+
+/// Split a run's `meta` into the study's config and identity (`meta.inputs`, the content of model and corpus).
+pub fn split_meta(meta: &serde_json::Value) -> (serde_json::Value, serde_json::Value) {
+    let mut config = meta.clone();
+    let identity = config.as_object_mut().and_then(|o| o.remove("inputs")).unwrap_or(serde_json::Value::Null);
+    (config, identity)
+}
+
+/// How long a process waits between polls while other workers hold the rest of a generation.
+const POLL: Duration = Duration::from_millis(250);
 
 impl<'a> Driver<'a> {
     /// A driver for `strategy`, measuring with `fitness`. `shape` is used for the exported results; `meta`
-    /// identifies the run (the search config) and is checked on resume.
+    /// identifies the run (the search config, with the inputs' identity under `inputs`) and is checked on
+    /// resume.
     pub fn new(
         strategy: Box<dyn SearchStrategy>,
         fitness: &'a mut dyn Fitness,
@@ -150,31 +158,17 @@ impl<'a> Driver<'a> {
         meta: serde_json::Value,
         opts: DriverOptions,
     ) -> Self {
-        let paths = OutputPaths::new(&opts.out_dir);
         Driver {
             strategy,
             fitness,
             shape,
             meta,
             opts,
-            paths,
-            history: Vec::new(),
-            cache: HashMap::new(),
-            salvaged: HashMap::new(),
-            generation: 0,
-            curve: Vec::new(),
-            cost: CostAccount::default(),
-            evaluated_now: 0,
-            recovered: 0,
             seeds: Vec::new(),
-            wall_before: 0.0,
-            started: Instant::now(),
+            derived: serde_json::Value::Null,
+            target: None,
+            log: None,
         }
-    }
-
-    /// Wall time of the search so far: this run's, plus what earlier runs recorded before a resume.
-    fn wall(&self) -> f64 {
-        self.wall_before + self.started.elapsed().as_secs_f64()
     }
 
     /// Name the seeds of the initial population ([`crate::SearchContext::seed_candidates`]) so that the
@@ -184,275 +178,141 @@ impl<'a> Driver<'a> {
         self
     }
 
-    /// Run (or resume) the search until the strategy is done or the stop point is reached.
-    pub fn run(mut self) -> Result<Outcome> {
-        self.started = Instant::now();
-        self.wall_before = if self.opts.resume { self.load()? } else { self.start_fresh()? };
-        let budget = self.strategy.budget() as u64;
-        let bar = if self.opts.progress { ProgressBar::new(budget) } else { ProgressBar::hidden() };
+    /// Run the study `target.name` in a database (created, or joined when it exists with the same config and
+    /// inputs) instead of the files in `out_dir`; `derived` holds what other workers need to rebuild the
+    /// strategy ([`crate::config::SearchFile::study_derived`]).
+    pub fn with_storage(mut self, target: StudyTarget, derived: serde_json::Value) -> Self {
+        self.target = Some(target);
+        self.derived = derived;
+        self
+    }
+
+    /// Send progress lines (one per generation) to `log` instead of the progress bar.
+    pub fn with_log(mut self, log: impl FnMut(String) + 'a) -> Self {
+        self.log = Some(Box::new(log));
+        self
+    }
+
+    /// Run (or resume, or join) the search until the strategy is done or the stop point is reached.
+    pub fn run(self) -> Result<Outcome> {
+        let Driver { strategy, fitness, shape, meta, opts, seeds, derived, target, mut log } = self;
+        let (config, identity) = split_meta(&meta);
+        let (mut storage, name, settings, files): (Box<dyn Storage>, String, StudySettings, bool) = match target {
+            Some(t) => (t.storage, t.name, t.settings, false),
+            None => (Box::new(FileStorage::new(&opts.out_dir)), String::new(), StudySettings::default(), true),
+        };
+        let spec = StudySpec { name, kind: StudyKind::Search, config, identity, derived, settings };
+        let mode = match (opts.resume, files) {
+            (true, _) => OpenMode::Resume,
+            (false, true) => OpenMode::Create,
+            (false, false) => OpenMode::Join,
+        };
+        let study = storage.open_study(&spec, mode)?;
+        let joined = !files && storage.checkpoint(study.id, None)?.is_some();
+        let worker = longrope_storage::worker_name();
+        let beats = longrope_storage::HeartbeatThread::start(
+            storage.heartbeats()?,
+            worker.clone(),
+            study.settings.grace_seconds / 4.0,
+        );
+        let budget = strategy.budget() as u64;
+        let mut engine = SearchStudy::new(storage.as_mut(), study, strategy)?;
+        if opts.resume || joined {
+            engine.count_resume();
+        }
+        let bar = if opts.progress && log.is_none() { ProgressBar::new(budget) } else { ProgressBar::hidden() };
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} evals {msg}")
                 .expect("valid template"),
         );
-        bar.set_prefix(format!("search {}", self.strategy.name()));
-        bar.set_position(self.history.len() as u64);
-        let mut journal = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.paths.history())
-            .map_err(|e| SearchError::io(self.paths.history(), e))?;
+        bar.set_prefix(format!("search {}", engine.strategy_name()));
+        let paths = OutputPaths::new(&opts.out_dir);
+        let mut evaluated_now = 0usize;
+        let mut waited = Instant::now();
         loop {
-            if let Some(k) = self.opts.stop_after_generations {
-                if self.generation >= k {
-                    bar.abandon_with_message(format!("stopped after generation {}", self.generation));
-                    return Ok(Outcome::Stopped { generation: self.generation });
+            match engine.advance(opts.stop_after_generations)? {
+                Advance::Finished => break,
+                Advance::Stopped { generation } => {
+                    bar.abandon_with_message(format!("stopped after generation {generation}"));
+                    return Ok(Outcome::Stopped { generation: generation as usize });
+                }
+                Advance::Checkpointed { generation } => {
+                    let (cp, history) = engine.state()?;
+                    if files {
+                        write_results(&paths, &shape, &history, &cp.curve, &cp.cost, &seeds)?;
+                    }
+                    let best = best_record(&history).map(|r| r.fitness).unwrap_or(f64::INFINITY);
+                    let line = format!(
+                        "generation {:>3}: {:>5} evaluations, best fitness {best:.6}",
+                        generation - 1,
+                        history.iter().filter(|r| (r.generation as u64) < generation).count()
+                    );
+                    match &mut log {
+                        Some(log) => log(line),
+                        None => bar.println(line),
+                    }
+                    bar.set_position(history.len() as u64);
+                }
+                Advance::Pending { generation, .. } => {
+                    if opts.detach {
+                        bar.abandon();
+                        return Ok(Outcome::Detached { generation: generation as usize });
+                    }
+                    let study = engine.study().id;
+                    let n = fitness.parallelism();
+                    let claimed = if n == 0 { Vec::new() } else { claim_trials(engine.storage(), study, &worker, n)? };
+                    if claimed.is_empty() {
+                        // Other workers hold the rest of this generation.
+                        if waited.elapsed() > Duration::from_secs(30) {
+                            bar.set_message(format!("generation {generation}: waiting for other workers"));
+                            waited = Instant::now();
+                        }
+                        std::thread::sleep(POLL);
+                        continue;
+                    }
+                    bar.set_message(format!("generation {generation}"));
+                    beats.hold(&claimed);
+                    let done = evaluate_trials(engine.storage(), study, &claimed, fitness, &worker);
+                    beats.release();
+                    let done = done?;
+                    if files {
+                        if let Some(e) = &done.error {
+                            // One process with files: stop at the first error, as before the storage layer (what
+                            // the journal holds is kept; `--resume` continues).
+                            return Err(SearchError::Fitness(e.strip_prefix("fitness: ").unwrap_or(e).to_string()));
+                        }
+                    }
+                    evaluated_now += done.completed;
+                    bar.inc(done.completed as u64);
+                    if done.lost > 0 {
+                        tracing::warn!("{} trial(s) were re-queued while this process evaluated them (missed heartbeats): their results were dropped", done.lost);
+                    }
                 }
             }
-            let batch = self.strategy.propose().map_err(from_core)?;
-            if batch.is_empty() {
-                break;
-            }
-            bar.set_message(format!("generation {} ({} candidates)", self.generation, batch.len()));
-            let scored = self.evaluate_batch(&batch, &mut journal, &bar)?;
-            self.strategy.observe(&scored).map_err(from_core)?;
-            self.generation += 1;
-            self.cost.generations = self.generation;
-            let best = best_record(&self.history).map(|r| r.fitness).unwrap_or(f64::INFINITY);
-            self.curve.push(CurvePoint { generation: self.generation - 1, evaluations: self.history.len(), best_fitness: best });
-            self.cost.wall_seconds = self.wall();
-            self.save()?;
-            write_results(&self.paths, &self.shape, &self.history, &self.curve, &self.cost, &self.seeds)?;
-            bar.println(format!(
-                "generation {:>3}: {:>5} evaluations, best fitness {best:.6}",
-                self.generation - 1,
-                self.history.len()
-            ));
         }
         bar.finish_and_clear();
-        self.cost.wall_seconds = self.wall();
-        self.save()?;
-        write_results(&self.paths, &self.shape, &self.history, &self.curve, &self.cost, &self.seeds)?;
-        let best = best_record(&self.history)
+        beats.stop();
+        let (cp, history) = engine.state()?;
+        let recovered = engine.recovered();
+        let mut cost = cp.cost.clone();
+        cost.wall_seconds = cost.wall_seconds.max(engine.storage().wall_seconds(engine.study().id)?);
+        if files {
+            write_results(&paths, &shape, &history, &cp.curve, &cost, &seeds)?;
+        } else {
+            let name = engine.study().name.clone();
+            crate::export::export_study(engine.storage(), &name, &opts.out_dir)?;
+        }
+        let best = best_record(&history)
             .cloned()
             .ok_or_else(|| SearchError::invalid("search", "the strategy proposed no candidate"))?;
         Ok(Outcome::Finished(Summary {
             best,
-            seeds: seed_results(&self.seeds, &self.history),
-            history: self.history,
-            curve: self.curve,
-            cost: self.cost,
-            evaluated_now: self.evaluated_now,
-            recovered: self.recovered,
+            seeds: seed_results(&seeds, &history),
+            history,
+            curve: cp.curve,
+            cost,
+            evaluated_now,
+            recovered,
         }))
-    }
-
-    /// Fitness of every candidate of a batch: from the history, from the salvaged tail of the journal, or
-    /// evaluated (in chunks of the fitness's parallelism, each chunk journaled before the next starts).
-    fn evaluate_batch(&mut self, batch: &[Candidate], journal: &mut std::fs::File, bar: &ProgressBar) -> Result<Vec<Scored>> {
-        let mut fitness: Vec<Option<f64>> = vec![None; batch.len()];
-        let mut same_as: Vec<Option<usize>> = vec![None; batch.len()];
-        let mut first_in_batch: HashMap<String, usize> = HashMap::new();
-        let mut to_eval = Vec::new();
-        for (i, c) in batch.iter().enumerate() {
-            let key = candidate_key(c);
-            if let Some(&j) = first_in_batch.get(&key) {
-                same_as[i] = Some(j);
-                self.cost.duplicates_skipped += 1;
-            } else if let Some(&h) = self.cache.get(&key) {
-                fitness[i] = Some(self.history[h].fitness);
-                self.cost.duplicates_skipped += 1;
-            } else if let Some(mut rec) = self.salvaged.remove(&key) {
-                rec.index = self.history.len();
-                rec.generation = self.generation;
-                fitness[i] = Some(rec.fitness);
-                self.account(&rec);
-                self.recovered += 1;
-                self.cache.insert(key.clone(), self.history.len());
-                self.history.push(rec);
-                first_in_batch.insert(key, i);
-                bar.inc(1);
-            } else {
-                first_in_batch.insert(key, i);
-                to_eval.push(i);
-            }
-        }
-        for chunk in to_eval.chunks(self.fitness.parallelism().max(1)) {
-            let cands: Vec<Candidate> = chunk.iter().map(|&i| batch[i].clone()).collect();
-            let evals = self.fitness.evaluate(&cands)?;
-            if evals.len() != cands.len() {
-                return Err(SearchError::Fitness(format!("{} evaluations for {} candidates", evals.len(), cands.len())));
-            }
-            let mut lines = String::new();
-            for (&i, e) in chunk.iter().zip(evals) {
-                let rec = Record {
-                    index: self.history.len(),
-                    generation: self.generation,
-                    candidate: batch[i].clone(),
-                    fitness: e.fitness,
-                    tokens: e.tokens,
-                    seconds: e.seconds,
-                    wall_seconds: Some(self.wall()),
-                };
-                fitness[i] = Some(rec.fitness);
-                lines.push_str(&serde_json::to_string(&rec).expect("records serialize"));
-                lines.push('\n');
-                self.account(&rec);
-                self.evaluated_now += 1;
-                self.cache.insert(candidate_key(&rec.candidate), self.history.len());
-                self.history.push(rec);
-            }
-            journal.write_all(lines.as_bytes()).map_err(|e| SearchError::io(self.paths.history(), e))?;
-            journal.sync_data().map_err(|e| SearchError::io(self.paths.history(), e))?;
-            bar.inc(chunk.len() as u64);
-        }
-        for i in 0..batch.len() {
-            if let Some(j) = same_as[i] {
-                fitness[i] = fitness[j];
-            }
-        }
-        Ok(batch
-            .iter()
-            .zip(fitness)
-            .map(|(c, f)| Scored { candidate: c.clone(), fitness: f.expect("every candidate has a fitness") })
-            .collect())
-    }
-
-    fn account(&mut self, rec: &Record) {
-        self.cost.evaluations += 1;
-        self.cost.tokens += rec.tokens;
-        self.cost.evaluation_seconds += rec.seconds;
-    }
-
-    fn checkpoint(&self) -> Result<Checkpoint> {
-        Ok(Checkpoint {
-            version: CHECKPOINT_VERSION,
-            meta: self.meta.clone(),
-            strategy: self.strategy.name().to_string(),
-            generation: self.generation,
-            strategy_state: self.strategy.save_state().map_err(from_core)?,
-            history: self.history.clone(),
-            curve: self.curve.clone(),
-            cost: self.cost.clone(),
-        })
-    }
-
-    fn save(&self) -> Result<()> {
-        let text = serde_json::to_vec(&self.checkpoint()?).expect("checkpoints serialize");
-        Ok(write_atomic(&self.paths.checkpoint(), &text)?)
-    }
-
-    /// A new run: refuse an existing checkpoint that holds evaluations (one with none, left by a search that
-    /// failed before its first evaluation, is replaced), prepare the directory, write an empty history,
-    /// checkpoint.
-    fn start_fresh(&mut self) -> Result<f64> {
-        let cp = self.paths.checkpoint();
-        if cp.exists() && !self.nothing_to_resume() {
-            return Err(SearchError::checkpoint(
-                &cp,
-                "already exists: pass --resume to continue that search, or choose another output directory",
-            ));
-        }
-        prepare_out_dir(&self.paths.dir, OutputKind::Search)?;
-        write_atomic(&self.paths.history(), b"")?;
-        self.save()?;
-        Ok(0.0)
-    }
-
-    /// Whether the directory's checkpoint and journal hold no evaluation (so a fresh start loses nothing).
-    fn nothing_to_resume(&self) -> bool {
-        let journal_empty = match std::fs::read(self.paths.history()) {
-            Ok(bytes) => bytes.iter().all(|b| b.is_ascii_whitespace()),
-            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-        };
-        let checkpoint_empty = std::fs::read(self.paths.checkpoint())
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok())
-            .is_some_and(|cp| cp.history.is_empty() && cp.generation == 0);
-        journal_empty && checkpoint_empty
-    }
-
-    /// Resume: load the checkpoint, restore the strategy, salvage the journal's tail. Returns the wall time
-    /// spent before: the checkpoint's, or the last journaled evaluation's when the journal goes beyond it.
-    fn load(&mut self) -> Result<f64> {
-        let cp_path = self.paths.checkpoint();
-        let text = std::fs::read(&cp_path).map_err(|e| {
-            SearchError::checkpoint(&cp_path, format!("cannot read it ({e}); run without --resume to start a new search"))
-        })?;
-        let cp: Checkpoint = serde_json::from_slice(&text)
-            .map_err(|e| SearchError::checkpoint(&cp_path, format!("corrupt: {e}")))?;
-        if cp.version != CHECKPOINT_VERSION {
-            return Err(SearchError::checkpoint(
-                &cp_path,
-                format!("format version {} (this build reads {CHECKPOINT_VERSION})", cp.version),
-            ));
-        }
-        if cp.meta != self.meta {
-            let mut diffs = Vec::new();
-            json_diff("", &cp.meta, &self.meta, &mut diffs);
-            let inputs = diffs.iter().any(|d| d.starts_with("inputs"));
-            let shown: Vec<&str> = diffs.iter().take(6).map(String::as_str).collect();
-            let more = if diffs.len() > shown.len() { format!(" and {} more", diffs.len() - shown.len()) } else { String::new() };
-            let what = if inputs {
-                "the model or the corpus changed since it was written (their content differs), so its evaluations \
-                 measured other inputs; start a new search in another directory"
-            } else {
-                "was written by a different search config (strategy, space, seed, shape or fitness differ)"
-            };
-            return Err(SearchError::checkpoint(&cp_path, format!("{what}; differs at: {}{more}", shown.join(", "))));
-        }
-        if cp.strategy != self.strategy.name() {
-            return Err(SearchError::checkpoint(&cp_path, format!("was written by strategy `{}`", cp.strategy)));
-        }
-        self.strategy.load_state(cp.strategy_state).map_err(from_core)?;
-        self.generation = cp.generation;
-        self.history = cp.history;
-        self.curve = cp.curve;
-        self.cost = cp.cost;
-        self.cost.resumes += 1;
-        self.cache = self.history.iter().enumerate().map(|(i, r)| (candidate_key(&r.candidate), i)).collect();
-        // The journal's lines beyond the checkpoint (a torn last line is dropped).
-        let mut tail = Vec::new();
-        if let Ok(f) = std::fs::File::open(self.paths.history()) {
-            let lines: Vec<String> = std::io::BufReader::new(f).lines().map_while(|l| l.ok()).collect();
-            for line in lines.iter().skip(self.history.len()) {
-                match serde_json::from_str::<Record>(line) {
-                    Ok(rec) => tail.push(rec),
-                    Err(_) => break,
-                }
-            }
-        }
-        let mut text = String::new();
-        for rec in self.history.iter().chain(&tail) {
-            text.push_str(&serde_json::to_string(rec).expect("records serialize"));
-            text.push('\n');
-        }
-        write_atomic(&self.paths.history(), text.as_bytes())?;
-        // The killed run also spent time after its checkpoint: at least until its last journaled evaluation.
-        let wall = tail.iter().filter_map(|r| r.wall_seconds).fold(self.cost.wall_seconds, f64::max);
-        self.salvaged = tail.into_iter().map(|r| (candidate_key(&r.candidate), r)).collect();
-        Ok(wall)
-    }
-}
-
-/// The paths (`a.b[2].c`) at which two JSON values differ, depth first.
-fn json_diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-    use serde_json::Value;
-    let join = |k: &str| if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            for k in keys {
-                match (x.get(k), y.get(k)) {
-                    (Some(u), Some(v)) => json_diff(&join(k), u, v, out),
-                    _ => out.push(join(k)),
-                }
-            }
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-            for (i, (u, v)) in x.iter().zip(y).enumerate() {
-                json_diff(&format!("{path}[{i}]"), u, v, out);
-            }
-        }
-        _ if a != b => out.push(if path.is_empty() { "(root)".into() } else { path.to_string() }),
-        _ => {}
     }
 }

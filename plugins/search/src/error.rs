@@ -1,4 +1,4 @@
-//! The typed error of `longrope-search`: bad search configs, checkpoint problems, exhausted spaces, I/O.
+//! The typed error of `longrope-search`: bad search configs, checkpoint problems, exhausted spaces, storage, I/O.
 
 use std::path::PathBuf;
 
@@ -41,6 +41,9 @@ pub enum SearchError {
     /// The fitness function failed (a model or evaluator error, a worker that panicked ...).
     #[error("fitness: {0}")]
     Fitness(String),
+    /// An error of the storage holding the search (files, SQLite, PostgreSQL).
+    #[error(transparent)]
+    Storage(#[from] longrope_storage::StorageError),
     /// An I/O error on a named file.
     #[error("{path}: {source}")]
     Io {

@@ -94,6 +94,21 @@ impl<F: Fitness + Send> Fitness for ParallelFitness<F> {
     }
 }
 
+/// A fitness with no workers: a process that only coordinates a study (`longrope search --workers 0`) while
+/// `longrope worker` processes evaluate. The driver never sends it a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NoFitness;
+
+impl Fitness for NoFitness {
+    fn evaluate(&mut self, batch: &[Candidate]) -> Result<Vec<Evaluation>> {
+        Err(SearchError::Fitness(format!("this process evaluates nothing (--workers 0), asked for {} candidates", batch.len())))
+    }
+
+    fn parallelism(&self) -> usize {
+        0
+    }
+}
+
 /// A noise-free synthetic fitness: a perplexity-like distance to a hidden monotone target.
 ///
 /// `fitness = 10 * exp(8 * mean_i (ln lambda_i - ln lambda*_i)^2) + 0.01 * (log2(n_hat + 1) - 4)^2 +

@@ -11,7 +11,10 @@
 //! - [`seeds`]: seed factors (the reference's YaRN seed, PI/NTK/YaRN) from the scaling registry;
 //! - [`fitness`]: the `Fitness` trait, parallel workers, a synthetic fitness;
 //! - [`model_fitness`]: `EvaluatorFitness`, a model + evaluator as the fitness (what real searches use);
-//! - [`driver`]: the loop, checkpoints and resume; [`outputs`]: the files a search writes;
+//! - [`study`]: a search as a study in a `longrope_storage::Storage` (files, SQLite, PostgreSQL): generations
+//!   proposed once, trials claimed by any number of workers, checkpoints; [`export`]: a study as a search
+//!   directory;
+//! - [`driver`]: one process running a study to its end; [`outputs`]: the files a search writes;
 //! - [`compare`]: search directories read back and compared (`longrope compare DIR...`).
 //!
 //! See `docs/search.md`.
@@ -21,6 +24,7 @@ pub mod config;
 pub mod driver;
 pub mod error;
 pub mod evolution;
+pub mod export;
 pub mod fitness;
 pub mod grid;
 pub mod model_fitness;
@@ -29,16 +33,18 @@ pub mod random;
 pub mod reference_ops;
 pub mod seeds;
 pub mod space;
+pub mod study;
 
 pub use compare::{compare_markdown, SearchRun};
 pub use config::{SearchConfig, SearchContext, SearchFile};
 pub use driver::{Driver, DriverOptions, Outcome, Summary};
 pub use error::{Result, SearchError};
-pub use fitness::{Evaluation, Fitness, ParallelFitness, SyntheticFitness};
+pub use fitness::{Evaluation, Fitness, NoFitness, ParallelFitness, SyntheticFitness};
 pub use model_fitness::{fitness_evaluator_config, EvaluatorFitness};
-pub use outputs::{candidate_to_toml, SeedResult};
+pub use outputs::{candidate_config, candidate_to_toml, SeedResult};
 pub use seeds::{RegistrySeeds, Seed, SeedSource};
 pub use space::{SearchMode, SearchSpace, SpaceConfig, SpaceKind};
+pub use study::{Advance, SearchStudy};
 
 /// Referenced by the binary so the linker keeps this crate and its `inventory` registrations.
 pub fn link() {}

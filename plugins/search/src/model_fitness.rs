@@ -2,9 +2,9 @@
 //! on a loaded model at the search's target length, as LongRoPE's search does (arXiv 2402.13753, Sec. 3.2:
 //! the fitness of a set of rescale factors is the perplexity of the first `L'` tokens of a few long documents).
 //!
-//! Each candidate becomes a `longrope` scaling config through [`candidate_to_toml`] (the same text the search
-//! writes as `best_scaling.toml`), is parsed with `longrope_core::scaling::parse_scaling_toml`, bound to the
-//! model's [`RopeShape`] at the target in a [`RopeSchedule`], and scored by the evaluator. Only `longrope-core`
+//! Each candidate becomes its `longrope` scaling config directly ([`candidate_config`], the config the search
+//! writes as `best_scaling.toml`), bound to the model's [`RopeShape`] at the target in a [`RopeSchedule`], and
+//! scored by the evaluator. Only `longrope-core`
 //! traits are used: the caller loads the model (any [`LanguageModel`]) and the documents (any
 //! [`TokenSource`]), so `longrope search` and the experiment runner share this code.
 //!
@@ -19,14 +19,14 @@ use std::time::Instant;
 
 use longrope_core::eval::{parse_evaluator_toml, Evaluator, EvaluatorConfig, TokenSource};
 use longrope_core::model::LanguageModel;
-use longrope_core::scaling::{parse_scaling_toml, RopeSchedule};
+use longrope_core::scaling::{RopeSchedule, ScalingConfig};
 use longrope_core::search::Candidate;
 use longrope_core::RopeShape;
 
 use crate::config::FitnessSection;
 use crate::error::{Result, SearchError};
 use crate::fitness::{Evaluation, Fitness};
-use crate::outputs::candidate_to_toml;
+use crate::outputs::candidate_config;
 
 /// The evaluator config a `[fitness]` table at target length `target` means: `ppl` = one truncated window of the
 /// first `L'` tokens of each of the first `documents` documents with at least `dataset_min_tokens` tokens (default
@@ -80,9 +80,9 @@ impl<'a> EvaluatorFitness<'a> {
 
     /// The schedule a candidate stands for: its `longrope` config bound to the shape.
     pub fn schedule(&self, candidate: &Candidate) -> Result<RopeSchedule> {
-        let text = candidate_to_toml(candidate, &self.shape);
-        let config = parse_scaling_toml(&text, "search candidate")?;
-        Ok(RopeSchedule::new(config.as_ref(), self.shape.clone())?)
+        let config = candidate_config(candidate, &self.shape);
+        config.validate()?;
+        Ok(RopeSchedule::new(&config, self.shape.clone())?)
     }
 
     /// Measure one candidate.

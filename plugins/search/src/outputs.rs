@@ -8,6 +8,8 @@ use longrope_core::files::write_atomic;
 
 use longrope_core::search::Candidate;
 use longrope_core::RopeShape;
+use longrope_scaling::longrope::LongRopeConfig;
+use longrope_scaling::FactorTable;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -149,6 +151,25 @@ impl OutputPaths {
     /// `seeds.json`: the seeds as candidates and their fitness where evaluated ([`SeedResult`]).
     pub fn seeds(&self) -> PathBuf {
         self.dir.join("seeds.json")
+    }
+}
+
+/// The candidate as the `longrope` scaling config it stands for, built directly: `factors` (`d/2` values, or
+/// one row per layer when the candidate holds `layers x d/2`), `factor = s`, `n_hat`, and `attention_factor`
+/// when the candidate sets one. What the fitness evaluates and what [`candidate_to_toml`] writes.
+pub fn candidate_config(c: &Candidate, shape: &RopeShape) -> LongRopeConfig {
+    let half = shape.head_dim / 2;
+    let factors = if c.factors.len() != half && half > 0 && c.factors.len() % half == 0 {
+        FactorTable::PerLayer(c.factors.chunks(half).map(<[f64]>::to_vec).collect())
+    } else {
+        FactorTable::Shared(c.factors.clone())
+    };
+    LongRopeConfig {
+        factors: Some(factors),
+        factor: Some(shape.scale()),
+        n_hat: c.n_hat,
+        attention_factor: c.attn_factor,
+        ..LongRopeConfig::default()
     }
 }
 

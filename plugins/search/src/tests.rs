@@ -584,3 +584,92 @@ fn corrupt_search_dirs_are_named() {
     assert!(err.contains("checkpoint.json") && err.contains("corrupt"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Three drivers in three threads, each with its own connection and fitness, share one study in an SQLite
+/// database: every candidate is evaluated once, by one of them, and each ends with the history and best of
+/// the one-process search with files (the study protocol of `study.rs`). A fourth driver joining the finished
+/// study evaluates nothing and reads the same result; one with another seed is refused.
+#[test]
+fn drivers_sharing_a_database_study_equal_one_process() {
+    let small = || file(SMALL_EVOLUTION, "kind = \"dim_mono\"");
+    let f = small();
+    let (mut fit, _) = counting(None);
+    let full = finished(run(&f, &mut fit, DriverOptions::new(tmp("db-files"))).unwrap());
+    let dir = tmp("db");
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite:{}", dir.join("studies.db").display());
+    let drive = |f: SearchFile, fit: &mut dyn Fitness, out: PathBuf| -> Result<Outcome> {
+        let shape = f.shape().unwrap();
+        let (strategy, ctx) = f.build(&shape, &formula_seeds)?;
+        let target = crate::driver::StudyTarget {
+            storage: longrope_storage::open(&url)?,
+            name: "evo".into(),
+            settings: longrope_storage::StudySettings::default(),
+        };
+        Driver::new(strategy, fit, shape.clone(), f.meta(&shape), DriverOptions::new(out))
+            .with_storage(target, SearchFile::study_derived(&ctx))
+            .run()
+    };
+    let summaries: Vec<(Summary, Vec<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|i| {
+                let (dir, drive) = (dir.clone(), &drive);
+                s.spawn(move || {
+                    let f = file(SMALL_EVOLUTION, "kind = \"dim_mono\"");
+                    let (mut fit, log) = counting(None);
+                    let summary = finished(drive(f, &mut fit, dir.join(format!("out{i}"))).unwrap());
+                    let evaluated = log.lock().unwrap().clone();
+                    (summary, evaluated)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all: Vec<String> = Vec::new();
+    for (summary, evaluated) in &summaries {
+        assert_eq!(trace(&summary.history), trace(&full.history));
+        assert_eq!(summary.best.candidate, full.best.candidate);
+        assert_eq!(summary.evaluated_now, evaluated.len());
+        all.extend(evaluated.iter().cloned());
+    }
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), full.cost.evaluations, "every candidate evaluated once across the drivers");
+    assert_eq!(unique.len(), all.len(), "no candidate evaluated twice");
+    // Each driver exported the study in today's format.
+    for i in 0..3 {
+        let h = std::fs::read_to_string(dir.join(format!("out{i}/history.jsonl"))).unwrap();
+        assert_eq!(h.lines().count(), full.cost.evaluations);
+        assert_eq!(
+            std::fs::read_to_string(dir.join(format!("out{i}/best_factors.csv"))).unwrap(),
+            crate::outputs::factors_csv(&full.best.candidate.factors)
+        );
+    }
+    let (mut late, log) = counting(None);
+    let again = finished(drive(small(), &mut late, dir.join("late")).unwrap());
+    assert!(log.lock().unwrap().is_empty());
+    assert_eq!(trace(&again.history), trace(&full.history));
+    let mut other = small();
+    other.seed = 8;
+    let err = drive(other, &mut late, dir.join("other")).unwrap_err().to_string();
+    assert!(err.contains("different config") && err.contains("seed"), "{err}");
+}
+
+/// A candidate becomes its `longrope` config directly (`candidate_config`, what the fitness evaluates); the
+/// config is the one `best_scaling.toml` (`candidate_to_toml`) parses back to: the same tables at every length,
+/// so fitness values did not change when the TOML round trip was removed.
+#[test]
+fn a_candidate_is_the_config_its_toml_parses_to() {
+    longrope_scaling::link();
+    let shape = smollm2();
+    for (n_hat, attn) in [(0, None), (4, Some(1.07))] {
+        let c = Candidate { factors: (0..32).map(|i| 1.0 + i as f64 * 0.031).collect(), n_hat, attn_factor: attn };
+        let direct = crate::outputs::candidate_config(&c, &shape);
+        let text = crate::outputs::candidate_to_toml(&c, &shape);
+        let parsed = longrope_core::scaling::parse_scaling_toml(&text, "best_scaling.toml").unwrap();
+        let a = longrope_core::scaling::RopeSchedule::new(&direct, shape.clone()).unwrap();
+        let b = longrope_core::scaling::RopeSchedule::new(parsed.as_ref(), shape.clone()).unwrap();
+        for len in [16, 4096, 8192, 16384] {
+            assert_eq!(a.tables(len).unwrap(), b.tables(len).unwrap(), "{text}");
+        }
+    }
+}

@@ -12,3 +12,5 @@ pub mod search;
 pub mod run;
 pub mod compare;
 pub mod finetune;
+pub mod worker;
+pub mod study;

@@ -1,6 +1,7 @@
 //! `longrope run EXPERIMENT.toml [--out DIR] [--resume]`: validate an experiment file, run its searches and
 //! cells (each model loaded once, finished cells cached and skipped on a re-run), and write `results.json`,
-//! `results.csv`, `report.md` and plots. Glue over `longrope_experiment`; see `docs/experiments.md`.
+//! `results.csv`, `report.md` and plots. Glue over `longrope_experiment`; see `docs/experiments.md`. With
+//! `--storage URL` the cells are a study in a database that `longrope worker` processes share.
 
 use std::path::PathBuf;
 
@@ -25,6 +26,13 @@ pub struct Args {
     /// Stop cleanly after computing N new cells (for tests and for splitting a run into jobs).
     #[arg(long, hide = true)]
     stop_after_cells: Option<usize>,
+    /// Keep the cells and searches in a database shared with `longrope worker` processes (`sqlite:PATH`,
+    /// `postgres://USER@HOST:PORT/DB`); `--out` receives the report, built from the database.
+    #[arg(long, value_name = "URL")]
+    storage: Option<String>,
+    /// The experiment's study name in `--storage` (default: the experiment's `name`).
+    #[arg(long, value_name = "NAME")]
+    study: Option<String>,
 }
 
 /// Run `longrope run`.
@@ -49,7 +57,16 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&exp.file.name));
-    let opts = RunOptions { out_dir: out.clone(), resume: args.resume, stop_after_cells: args.stop_after_cells };
+    if args.study.is_some() && args.storage.is_none() {
+        anyhow::bail!("--study needs --storage URL (a database shared with `longrope worker`)");
+    }
+    let opts = RunOptions {
+        resume: args.resume,
+        stop_after_cells: args.stop_after_cells,
+        storage: args.storage.clone(),
+        study: args.study.clone(),
+        ..RunOptions::new(out.clone())
+    };
     let outcome = longrope_experiment::run(&exp, &opts, &mut |line| println!("{line}"))
         .with_context(|| format!("running {} into {}", args.experiment.display(), out.display()))?;
     match outcome {

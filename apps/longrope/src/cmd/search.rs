@@ -3,11 +3,16 @@
 //! generation and resumable with `--resume`. Flags override the common fields of the file. Outputs (in
 //! `--out`): `best_factors.csv`, `rope_scaling.json`, `best_scaling.toml`, `best.json`, `history.jsonl`,
 //! `best_curve.csv`, `cost.json`, `checkpoint.json` (see `docs/search.md`).
+//!
+//! With `--storage URL --study NAME` the search is a study in a database (SQLite or PostgreSQL) that
+//! `longrope worker` processes on any machine evaluate too; `--out` then receives the exported results when
+//! it finishes (see `docs/distributed.md`).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use longrope_search::driver::{Driver, DriverOptions, Outcome};
+use longrope_search::driver::{Driver, DriverOptions, Outcome, StudyTarget};
+use longrope_storage::StudySettings;
 use longrope_core::eval::EvaluatorConfig;
 use longrope_core::files::{prepare_out_dir, OutputKind};
 use longrope_core::model::LanguageModel;
@@ -15,7 +20,7 @@ use longrope_core::search::Candidate;
 use longrope_core::RopeShape;
 use longrope_data::corpus::CorpusSet;
 use longrope_search::model_fitness::{fitness_evaluator_config, EvaluatorFitness};
-use longrope_search::{Evaluation, Fitness, ParallelFitness, SearchFile, SpaceKind, SyntheticFitness};
+use longrope_search::{Evaluation, Fitness, NoFitness, ParallelFitness, SearchFile, SpaceKind, SyntheticFitness};
 
 use super::model::load_model;
 
@@ -65,6 +70,24 @@ pub struct Args {
     /// Do not draw a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Keep the search in a database shared with `longrope worker` processes: `sqlite:PATH` (one machine) or
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (several); `--out` then receives the exported results.
+    #[arg(long, value_name = "URL")]
+    storage: Option<String>,
+    /// The study's name in `--storage`: created, or joined when it exists with the same config and inputs.
+    #[arg(long, value_name = "NAME")]
+    study: Option<String>,
+    /// Seconds without a heartbeat after which a running trial is taken from its worker and re-queued (fixed
+    /// when the study is created).
+    #[arg(long, value_name = "S", default_value_t = 60.0)]
+    grace_seconds: f64,
+    /// Attempts a trial gets (errors, lost workers) before it fails for good (fixed when the study is created).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    max_attempts: u32,
+    /// Create (or join) the study, propose its first generation and exit: `longrope worker` processes finish
+    /// it (`longrope study export` writes the results).
+    #[arg(long)]
+    detach: bool,
     /// Fitness: `model` (the evaluator on the model) or `synthetic` (a test function, no model).
     #[arg(long, hide = true, default_value = "model")]
     fitness: String,
@@ -99,7 +122,8 @@ fn load(args: &Args) -> Result<SearchFile> {
         file.target_length = t;
     }
     if let Some(w) = args.workers {
-        file.workers = w;
+        // `--workers 0` (only with --storage): this process coordinates and evaluates nothing.
+        file.workers = w.max(1);
     }
     if let Some(kind) = &args.space {
         file.space.kind = match kind.as_str() {
@@ -131,20 +155,72 @@ fn load(args: &Args) -> Result<SearchFile> {
     Ok(file)
 }
 
+/// How many fitness workers this process runs (0: it only coordinates a database study).
+fn local_workers(args: &Args, file: &SearchFile) -> usize {
+    if args.workers == Some(0) { 0 } else { file.workers }
+}
+
+/// Check the database flags; with `--storage`, make the model and corpus paths absolute so that workers
+/// started elsewhere on a shared file system find them.
+fn check_storage_flags(args: &Args, file: &mut SearchFile) -> Result<()> {
+    match &args.storage {
+        None => {
+            if args.study.is_some() || args.detach || args.workers == Some(0) {
+                bail!("--study, --detach and --workers 0 need --storage URL (a database shared with `longrope worker`)");
+            }
+            Ok(())
+        }
+        Some(_) => {
+            if args.study.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                bail!("--storage needs --study NAME (the study to create or join)");
+            }
+            if args.resume {
+                bail!("--resume is for --out directories: with --storage, running the same command again joins the study");
+            }
+            if !(args.grace_seconds.is_finite() && args.grace_seconds > 0.0) {
+                bail!("--grace-seconds {}: must be positive", args.grace_seconds);
+            }
+            if args.max_attempts == 0 {
+                bail!("--max-attempts 0: a trial needs at least one attempt");
+            }
+            let absolute = |p: &std::path::Path| std::fs::canonicalize(p).with_context(|| format!("{}", p.display()));
+            if let Some(m) = &mut file.model {
+                if args.fitness == "model" {
+                    m.path = absolute(&m.path)?;
+                }
+            }
+            if args.fitness == "model" {
+                for c in &mut file.fitness.corpus {
+                    *c = absolute(c)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Run `longrope search`.
 pub fn run(args: Args) -> Result<()> {
-    let file = load(&args)?;
+    let mut file = load(&args)?;
+    check_storage_flags(&args, &mut file)?;
     let strategy_name = serde_json::to_value(&file.strategy)?
         .get("strategy")
         .and_then(|s| s.as_str())
         .unwrap_or("search")
         .to_string();
-    let out = args.out.clone().unwrap_or_else(|| {
-        let stem = args.config.file_stem().and_then(|s| s.to_str()).unwrap_or("search");
-        PathBuf::from("runs/search").join(format!("{stem}-{strategy_name}"))
+    let out = args.out.clone().unwrap_or_else(|| match &args.study {
+        Some(study) => PathBuf::from("runs/search").join(longrope_experiment::runner::file_stem(study)),
+        None => {
+            let stem = args.config.file_stem().and_then(|s| s.to_str()).unwrap_or("search");
+            PathBuf::from("runs/search").join(format!("{stem}-{strategy_name}"))
+        }
     });
-    // Before any model is loaded: a writable directory that holds no other command's outputs.
+    // Before any model is loaded: a writable directory that holds no other command's outputs, and a storage
+    // that can be reached.
     prepare_out_dir(&out, OutputKind::Search).with_context(|| format!("--out {}", out.display()))?;
+    if let Some(url) = &args.storage {
+        longrope_storage::open(url).context("--storage")?;
+    }
     let shape = match args.fitness.as_str() {
         "synthetic" => file.shape().with_context(|| {
             format!("{}: the synthetic fitness needs a [shape] table (head_dim, rope_base, ...)", args.config.display())
@@ -158,9 +234,14 @@ pub fn run(args: Args) -> Result<()> {
     let mut meta = file.meta(&shape);
     meta["fitness_kind"] = serde_json::Value::from(args.fitness.clone());
     let delay = std::time::Duration::from_millis(args.synthetic_delay_ms);
-    let mut fitness = ParallelFitness::new(file.workers, |_| {
-        Ok(SlowSynthetic { inner: SyntheticFitness::new(&shape), delay })
-    })?;
+    let mut parallel;
+    let mut none = NoFitness;
+    let fitness: &mut dyn Fitness = if local_workers(&args, &file) == 0 {
+        &mut none
+    } else {
+        parallel = ParallelFitness::new(file.workers, |_| Ok(SlowSynthetic { inner: SyntheticFitness::new(&shape), delay }))?;
+        &mut parallel
+    };
     eprintln!(
         "search `{strategy_name}`: {} space, d/2 = {}, s = {}, lambda in [1, {}], budget {} evaluations, {} seed(s), out {}",
         match ctx.space.kind {
@@ -175,7 +256,8 @@ pub fn run(args: Args) -> Result<()> {
         out.display()
     );
     let seeds = ctx.seed_candidates()?;
-    drive(&args, strategy, &mut fitness, shape, meta, seeds, &out)
+    let derived = SearchFile::study_derived(&ctx);
+    drive(&args, strategy, fitness, shape, meta, seeds, derived, &out)
 }
 
 /// One fitness worker that owns its model (on its own device) and its documents.
@@ -222,7 +304,16 @@ fn run_model(args: &Args, file: SearchFile, out: PathBuf, strategy_name: String)
     };
     let mut shape = None;
     let mut arch = None;
-    let mut fitness = ParallelFitness::new(file.workers, |w| {
+    if local_workers(args, &file) == 0 {
+        // Coordinating only: the model is read for its shape and architecture, then dropped.
+        let model = load_model(&section.path, &device_of(0), &dtype, None)?;
+        shape = Some(model.summary().rope_shape(file.target_length));
+        arch = Some(model.summary().arch.clone());
+    }
+    let mut parallel = None;
+    let mut none = NoFitness;
+    if local_workers(args, &file) > 0 {
+        parallel = Some(ParallelFitness::new(file.workers, |w| {
         let model = load_model(&section.path, &device_of(w), &dtype, None)
             .map_err(|e| longrope_search::SearchError::Fitness(longrope_core::error::chain_message(e.as_ref())))?;
         let docs = fitness_docs(&file, model.tokenizer(), &args.config)
@@ -233,7 +324,12 @@ fn run_model(args: &Args, file: SearchFile, out: PathBuf, strategy_name: String)
         shape = Some(s.clone());
         arch = Some(model.summary().arch.clone());
         Ok(ModelWorker { model, evaluator, docs, shape: s })
-    })?;
+    })?);
+    }
+    let fitness: &mut dyn Fitness = match &mut parallel {
+        Some(p) => p,
+        None => &mut none,
+    };
     let shape = shape.context("no fitness worker")?;
     let (strategy, ctx) = file
         .build(&shape, &file.registry_seeds(arch.as_deref()))
@@ -256,10 +352,12 @@ fn run_model(args: &Args, file: SearchFile, out: PathBuf, strategy_name: String)
         out.display()
     );
     let seeds = ctx.seed_candidates()?;
-    drive(args, strategy, &mut fitness, shape, meta, seeds, &out)
+    let derived = SearchFile::study_derived(&ctx);
+    drive(args, strategy, fitness, shape, meta, seeds, derived, &out)
 }
 
 /// Run the driver with the command's options and report how it ended.
+#[allow(clippy::too_many_arguments)]
 fn drive(
     args: &Args,
     strategy: Box<dyn longrope_core::SearchStrategy>,
@@ -267,6 +365,7 @@ fn drive(
     shape: RopeShape,
     meta: serde_json::Value,
     seeds: Vec<(String, Candidate)>,
+    derived: serde_json::Value,
     out: &std::path::Path,
 ) -> Result<()> {
     let opts = DriverOptions {
@@ -274,20 +373,40 @@ fn drive(
         resume: args.resume,
         stop_after_generations: args.stop_after_generations,
         progress: !args.no_progress,
+        detach: args.detach,
     };
-    let outcome = Driver::new(strategy, fitness, shape, meta, opts)
-        .with_seeds(seeds)
-        .run()
-        .with_context(|| format!("search into {}", out.display()))?;
-    report(outcome, out);
+    let mut driver = Driver::new(strategy, fitness, shape, meta, opts).with_seeds(seeds);
+    let target = match (&args.storage, &args.study) {
+        (Some(url), Some(study)) => {
+            let storage = longrope_storage::open(url).context("--storage")?;
+            let settings = StudySettings { grace_seconds: args.grace_seconds, max_attempts: args.max_attempts };
+            let location = format!("study `{study}` in {}", storage.location());
+            driver = driver.with_storage(StudyTarget { storage, name: study.clone(), settings }, derived);
+            Some(location)
+        }
+        _ => None,
+    };
+    let outcome = driver.run().with_context(|| match &target {
+        Some(t) => t.clone(),
+        None => format!("search into {}", out.display()),
+    })?;
+    report(outcome, out, target.as_deref());
     Ok(())
 }
 
 /// Print how a search ended and where its outputs are.
-fn report(outcome: Outcome, out: &std::path::Path) {
+fn report(outcome: Outcome, out: &std::path::Path, study: Option<&str>) {
     match outcome {
-        Outcome::Stopped { generation } => {
-            println!("stopped after generation {generation}; continue with --resume --out {}", out.display());
+        Outcome::Stopped { generation } => match study {
+            Some(s) => println!("{s}: stopped after generation {generation}; run the command again (or `longrope worker`) to continue"),
+            None => println!("stopped after generation {generation}; continue with --resume --out {}", out.display()),
+        },
+        Outcome::Detached { generation } => {
+            println!(
+                "{}: generation {generation} is waiting for workers; run `longrope worker --storage URL` on any machine, \
+                 then `longrope study export`",
+                study.unwrap_or("the study")
+            );
         }
         Outcome::Finished(s) => {
             println!("best fitness {} (evaluation {}, generation {})", s.best.fitness, s.best.index, s.best.generation);
@@ -313,6 +432,9 @@ fn report(outcome: Outcome, out: &std::path::Path) {
             if !unmeasured.is_empty() {
                 let names: Vec<&str> = unmeasured.iter().map(|seed| seed.name.as_str()).collect();
                 println!("seeds not evaluated by this search: {}", names.join(", "));
+            }
+            if let Some(s) = study {
+                println!("{s}: finished; exported to {}", out.display());
             }
             println!("results in {}: best_factors.csv, rope_scaling.json, best_scaling.toml, history.jsonl, best_curve.csv, cost.json, seeds.json", out.display());
         }

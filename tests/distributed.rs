@@ -1,0 +1,279 @@
+//! A search run by several processes through a database (`longrope search --storage URL --study NAME`,
+//! `longrope worker --storage URL`) on the tiny random Llama, against SQLite (always) and PostgreSQL (when
+//! `LONGROPE_TEST_POSTGRES` names a server, as `make test` does after starting one):
+//! - 3 workers finish a study with no trial evaluated twice, and the exported result equals the one-process
+//!   search's (history, best factors);
+//! - a worker killed with `kill -9` mid-trial has its trial re-run by another worker, nothing lost;
+//! - a worker started late joins and evaluates trials;
+//! - a study started with another config, a bad URL, an unreachable server: one clear error each.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{longrope, longrope_bin};
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("longrope-distributed-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The databases under test, one fresh per call: SQLite in `dir`, and the test run's PostgreSQL server.
+fn storages(dir: &Path) -> Vec<String> {
+    let mut out = vec![format!("sqlite:{}", dir.join("studies.db").display())];
+    if let Some(pg) = std::env::var("LONGROPE_TEST_POSTGRES").ok().filter(|s| !s.is_empty()) {
+        out.push(pg);
+    }
+    out
+}
+
+/// A study name unique to this test process (a PostgreSQL database is shared by every test).
+fn study_name(test: &str, url: &str) -> String {
+    format!("{test}-{}-{}", if url.starts_with("sqlite") { "sqlite" } else { "pg" }, std::process::id())
+}
+
+/// The search of these tests: evolution on the tiny Llama at 512 tokens (trained 256), 6 + 3 x 4 candidates.
+fn search_config(dir: &Path, seed: u64) -> PathBuf {
+    let text = dir.join("doc.txt");
+    std::fs::write(&text, "the quick brown fox jumps over the lazy dog. ".repeat(300)).unwrap();
+    let cfg = dir.join(format!("search-{seed}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "seed = {seed}\ntarget_length = 512\n[model]\npath = {:?}\n[fitness]\nevaluator = \"ppl\"\ndocuments = 1\ncorpus = [{:?}]\n\
+             [space]\nkind = \"dim_mono\"\nseeds = [\"pi\", \"ntk\", \"yarn\"]\n\
+             [strategy]\nstrategy = \"evolution\"\npopulation_size = 6\niterations = 3\nmutation_numbers = 2\ncrossover_size = 2\nparents_size = 2\n",
+            common::tiny_llama().display().to_string(),
+            text.display().to_string()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "stdout: {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn failed(o: &std::process::Output) -> String {
+    assert!(!o.status.success(), "expected a failure; stdout: {}", String::from_utf8_lossy(&o.stdout));
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// `history.jsonl` without timings: (index, generation, candidate, fitness) per evaluation.
+fn history(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("history.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v.as_object_mut().unwrap().remove("wall_seconds");
+            v
+        })
+        .collect()
+}
+
+/// The one-process search with files (computed once per test binary).
+fn baseline() -> &'static (PathBuf, Vec<serde_json::Value>) {
+    static BASE: OnceLock<(PathBuf, Vec<serde_json::Value>)> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let dir = tmp("baseline");
+        let cfg = search_config(&dir, 5);
+        let out = dir.join("out");
+        ok(&longrope(&["search", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--no-progress"]));
+        let h = history(&out);
+        assert!(h.len() >= 12, "{} evaluations", h.len());
+        (out, h)
+    })
+}
+
+/// Create the study and propose its first generation, without evaluating (`--detach`).
+fn create_study(cfg: &Path, url: &str, study: &str, out: &Path, extra: &[&str]) {
+    let mut args = vec!["search", "--config", cfg.to_str().unwrap(), "--storage", url, "--study", study];
+    args.extend(["--out", out.to_str().unwrap(), "--no-progress", "--detach"]);
+    args.extend(extra);
+    let text = ok(&longrope(&args));
+    assert!(text.contains("waiting for workers"), "{text}");
+}
+
+fn spawn_worker(url: &str, study: &str, log: &Path, extra: &[&str]) -> Child {
+    Command::new(longrope_bin())
+        .args(["worker", "--storage", url, "--study", study, "--poll-ms", "50", "--idle-timeout", "120"])
+        .args(extra)
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_ok(mut child: Child, log: &Path) -> String {
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(status.success(), "worker failed: {text}");
+    text
+}
+
+/// The trial numbers a worker's log says it completed (`trial N of `STUDY`: ...`).
+fn completed_trials(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("trial "))
+        .filter(|l| !l.contains("taken away"))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn status(url: &str, study: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(&longrope(&["study", "status", "--storage", url, "--study", study, "--json"]))).unwrap()
+}
+
+fn export(url: &str, study: &str, out: &Path) -> String {
+    ok(&longrope(&["study", "export", "--storage", url, "--study", study, "--out", out.to_str().unwrap()]))
+}
+
+fn assert_same_as_baseline(exported: &Path) {
+    let (base, h) = baseline();
+    assert_eq!(&history(exported), h, "the study's history differs from the one-process search");
+    for f in ["best_factors.csv", "rope_scaling.json", "best_scaling.toml"] {
+        assert_eq!(std::fs::read(exported.join(f)).unwrap(), std::fs::read(base.join(f)).unwrap(), "{f}");
+    }
+}
+
+#[test]
+fn three_workers_finish_a_study_like_one_process() {
+    let (_, base) = baseline();
+    let dir = tmp("three");
+    let cfg = search_config(&dir, 5);
+    for url in storages(&dir) {
+        let study = study_name("three", &url);
+        create_study(&cfg, &url, &study, &dir.join("created"), &[]);
+        let logs: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("w{i}-{}.log", &study))).collect();
+        let workers: Vec<Child> = logs.iter().map(|l| spawn_worker(&url, &study, l, &["--trial-delay-ms", "500"])).collect();
+        let mut all = Vec::new();
+        let mut per_worker = Vec::new();
+        for (w, log) in workers.into_iter().zip(&logs) {
+            let text = wait_ok(w, log);
+            let done = completed_trials(&text);
+            per_worker.push(done.len());
+            all.extend(done);
+        }
+        let unique: HashSet<u64> = all.iter().copied().collect();
+        assert_eq!(unique.len(), all.len(), "{url}: a trial was evaluated twice: {all:?}");
+        assert_eq!(all.len(), base.len(), "{url}: every trial evaluated once ({per_worker:?} per worker)");
+        assert!(per_worker.iter().filter(|&&n| n > 0).count() >= 2, "{url}: the work was shared: {per_worker:?}");
+        let st = status(&url, &study);
+        assert_eq!(st["state"], "finished", "{url}: {st}");
+        assert_eq!(st["retried"], 0, "{url}: {st}");
+        assert_eq!(st["complete"].as_u64(), Some(base.len() as u64));
+        let exported = dir.join(format!("export-{study}"));
+        export(&url, &study, &exported);
+        assert_same_as_baseline(&exported);
+        let listed = ok(&longrope(&["study", "list", "--storage", &url]));
+        assert!(listed.contains(&study) && listed.contains("finished"), "{listed}");
+    }
+}
+
+#[test]
+fn a_killed_workers_trial_is_rerun_by_another() {
+    let dir = tmp("kill");
+    let cfg = search_config(&dir, 5);
+    for url in storages(&dir) {
+        let study = study_name("kill", &url);
+        create_study(&cfg, &url, &study, &dir.join("created"), &["--grace-seconds", "3"]);
+        // This worker claims a trial and then sleeps in it (heart-beating) until it is killed.
+        let victim_log = dir.join(format!("victim-{study}.log"));
+        let mut victim = spawn_worker(&url, &study, &victim_log, &["--trial-delay-ms", "600000"]);
+        let start = Instant::now();
+        let held = loop {
+            let st = status(&url, &study);
+            if let Some(t) = st["running_trials"].as_array().and_then(|r| r.first()) {
+                break t["number"].as_u64().unwrap();
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "the worker never claimed a trial: {st}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        victim.kill().unwrap(); // SIGKILL
+        victim.wait().unwrap();
+        let logs: Vec<PathBuf> = (0..2).map(|i| dir.join(format!("rescue{i}-{study}.log"))).collect();
+        let rescuers: Vec<Child> = logs.iter().map(|l| spawn_worker(&url, &study, l, &[])).collect();
+        let mut all = Vec::new();
+        for (w, log) in rescuers.into_iter().zip(&logs) {
+            all.extend(completed_trials(&wait_ok(w, log)));
+        }
+        assert!(all.contains(&held), "{url}: trial {held} of the killed worker was re-run: {all:?}");
+        let unique: HashSet<u64> = all.iter().copied().collect();
+        assert_eq!(unique.len(), all.len(), "{url}: {all:?}");
+        let st = status(&url, &study);
+        assert_eq!(st["state"], "finished", "{url}: {st}");
+        assert!(st["retried"].as_u64().unwrap_or(0) >= 1, "{url}: the killed worker's trial needed a second attempt: {st}");
+        let exported = dir.join(format!("export-{study}"));
+        export(&url, &study, &exported);
+        assert_same_as_baseline(&exported);
+    }
+}
+
+#[test]
+fn a_late_worker_joins_and_finishes_work() {
+    let dir = tmp("late");
+    let cfg = search_config(&dir, 5);
+    for url in storages(&dir) {
+        let study = study_name("late", &url);
+        create_study(&cfg, &url, &study, &dir.join("created"), &[]);
+        let first_log = dir.join(format!("first-{study}.log"));
+        let first = spawn_worker(&url, &study, &first_log, &["--trial-delay-ms", "300"]);
+        let start = Instant::now();
+        while status(&url, &study)["complete"].as_u64().unwrap_or(0) < 3 {
+            assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let late_log = dir.join(format!("late-{study}.log"));
+        let late = spawn_worker(&url, &study, &late_log, &["--trial-delay-ms", "300"]);
+        let a = completed_trials(&wait_ok(first, &first_log));
+        let b = completed_trials(&wait_ok(late, &late_log));
+        assert!(!b.is_empty(), "{url}: the late worker evaluated nothing (first: {a:?})");
+        let mut all: Vec<u64> = a.iter().chain(&b).copied().collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), a.len() + b.len(), "{url}: a trial was evaluated twice");
+        let exported = dir.join(format!("export-{study}"));
+        export(&url, &study, &exported);
+        assert_same_as_baseline(&exported);
+        let by_worker: BTreeMap<String, u64> = serde_json::from_value(status(&url, &study)["by_worker"].clone()).unwrap();
+        assert_eq!(by_worker.len(), 2, "{by_worker:?}");
+    }
+}
+
+#[test]
+fn another_config_a_bad_url_or_no_server_is_one_clear_error() {
+    let dir = tmp("errors");
+    let cfg = search_config(&dir, 5);
+    let other = search_config(&dir, 6);
+    for url in storages(&dir) {
+        let study = study_name("errors", &url);
+        create_study(&cfg, &url, &study, &dir.join("created"), &[]);
+        let e = failed(&longrope(&[
+            "search", "--config", other.to_str().unwrap(), "--storage", &url, "--study", &study, "--out",
+            dir.join("other").to_str().unwrap(), "--no-progress", "--detach",
+        ]));
+        assert!(e.contains("different config") && e.contains("seed"), "{e}");
+        // A study of another kind.
+        let e = failed(&longrope(&["study", "export", "--storage", &url, "--study", "no-such-study", "--out", dir.join("x").to_str().unwrap()]));
+        assert!(e.contains("does not exist"), "{e}");
+    }
+    let e = failed(&longrope(&["worker", "--storage", "mysql://me:hunter2@db/x"]));
+    assert!(e.contains("unknown scheme `mysql`") && e.contains("sqlite:PATH") && !e.contains("hunter2"), "{e}");
+    let e = failed(&longrope(&["study", "list", "--storage", "postgres://me:hunter2@127.0.0.1:1/studies"]));
+    assert!(e.contains("cannot connect to postgres://me:***@127.0.0.1:1/studies") && !e.contains("hunter2"), "{e}");
+    let e = failed(&longrope(&[
+        "search", "--config", cfg.to_str().unwrap(), "--study", "s", "--out", dir.join("nostorage").to_str().unwrap(),
+    ]));
+    assert!(e.contains("need --storage"), "{e}");
+}

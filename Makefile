@@ -17,9 +17,12 @@ build: setup
 
 # The integration tests in tests/ run the `longrope` binary and the example plugin libraries, which
 # `cargo test` alone does not build (they belong to other workspace packages): build the workspace first.
+# The storage tests also run against a real PostgreSQL server, installed (if missing) and started on a local
+# port by scripts/postgres.sh, and stopped afterwards (docs/distributed.md).
 test: assets
 	cargo build --workspace
-	cargo test --workspace
+	url=$$(scripts/postgres.sh start) && LONGROPE_TEST_POSTGRES=$$url cargo test --workspace; \
+	  rc=$$?; scripts/postgres.sh stop; exit $$rc
 
 demo: assets build
 	scripts/demo.sh

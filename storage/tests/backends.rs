@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use longrope_storage::{
-    Claim, Failure, Heartbeat, Inserted, NewTrial, OpenMode, Storage, StudyKind, StudySettings, StudySpec, TrialState,
+    Claim, Failure, Inserted, NewTrial, OpenMode, StudyKind, StudySettings, StudySpec, TrialState,
 };
 use serde_json::json;
 

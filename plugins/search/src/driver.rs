@@ -295,7 +295,8 @@ impl<'a> Driver<'a> {
         let (cp, history) = engine.state()?;
         let recovered = engine.recovered();
         let mut cost = cp.cost.clone();
-        cost.wall_seconds = cost.wall_seconds.max(engine.storage().wall_seconds(engine.study().id)?);
+        let id = engine.study().id;
+        cost.wall_seconds = cost.wall_seconds.max(engine.storage().wall_seconds(id)?);
         if files {
             write_results(&paths, &shape, &history, &cp.curve, &cost, &seeds)?;
         } else {

@@ -19,6 +19,9 @@
 //! GGUF checkpoint's method is one of ours. Difference kept: llama.cpp picks short or long factors by its
 //! context size (`-c`), HF and we by the sequence length (`l > L`); with llama-perplexity's full chunks of
 //! `-c` tokens the two agree.
+//!
+//! Status: exercised by the tests only on files without scaling keys (SmolLM2); files that carry
+//! `rope.scaling.*` keys or factor tensors have not been checked against llama.cpp yet (issue 14, item 3).
 
 use longrope_core::model::CheckpointScaling;
 use longrope_core::scaling::hf::{read_hf_rope, HfRopeBlock};

@@ -789,6 +789,21 @@ pub struct Llama {
 }
 
 impl Llama {
+    /// Load an architecture whose checkpoint declares its own sliding window (Mistral, Qwen2, Phi-3): read the
+    /// checkpoint under `spec`, let [`LoadOptions::sliding_window`] override the window, validate, build.
+    pub fn load_windowed(
+        path: &Path,
+        spec: &'static ArchSpec,
+        options: &LoadOptions,
+    ) -> longrope_core::Result<Box<dyn LanguageModel>> {
+        let mut ck = Checkpoint::read(path, spec)?;
+        if let Some(window) = options.sliding_window {
+            ck.config.sliding_window = window;
+        }
+        ck.config.validate(&ck.path)?;
+        Ok(Box::new(Llama::from_checkpoint(ck, options)?))
+    }
+
     /// Build the model from a checkpoint: move weights to the device and dtype, check every shape, register
     /// them in the model's `VarStore`.
     pub fn from_checkpoint(mut ck: Checkpoint, options: &LoadOptions) -> Result<Self> {

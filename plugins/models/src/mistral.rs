@@ -11,7 +11,7 @@ use std::path::Path;
 use longrope_core::model::LoadOptions;
 use longrope_core::{LanguageModel, ModelArch};
 
-use crate::llama::{ArchSpec, Checkpoint, GgufFactors, Llama, SlidingRule};
+use crate::llama::{ArchSpec, GgufFactors, Llama, SlidingRule};
 
 /// Mistral's layout: Llama's, every layer sliding.
 pub static MISTRAL: ArchSpec = ArchSpec {
@@ -33,12 +33,7 @@ pub struct MistralArch;
 
 impl ModelArch for MistralArch {
     fn load(&self, path: &Path, options: &LoadOptions) -> longrope_core::Result<Box<dyn LanguageModel>> {
-        let mut ck = Checkpoint::read(path, &MISTRAL)?;
-        if let Some(window) = options.sliding_window {
-            ck.config.sliding_window = window;
-        }
-        ck.config.validate(&ck.path)?;
-        Ok(Box::new(Llama::from_checkpoint(ck, options)?))
+        Llama::load_windowed(path, &MISTRAL, options)
     }
 }
 

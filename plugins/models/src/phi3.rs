@@ -16,7 +16,7 @@ use std::path::Path;
 use longrope_core::model::LoadOptions;
 use longrope_core::{LanguageModel, ModelArch};
 
-use crate::llama::{ArchSpec, Checkpoint, GgufFactors, Llama, SlidingRule};
+use crate::llama::{ArchSpec, GgufFactors, Llama, SlidingRule};
 
 /// Phi-3's layout.
 pub static PHI3: ArchSpec = ArchSpec {
@@ -38,12 +38,7 @@ pub struct Phi3Arch;
 
 impl ModelArch for Phi3Arch {
     fn load(&self, path: &Path, options: &LoadOptions) -> longrope_core::Result<Box<dyn LanguageModel>> {
-        let mut ck = Checkpoint::read(path, &PHI3)?;
-        if let Some(window) = options.sliding_window {
-            ck.config.sliding_window = window;
-        }
-        ck.config.validate(&ck.path)?;
-        Ok(Box::new(Llama::from_checkpoint(ck, options)?))
+        Llama::load_windowed(path, &PHI3, options)
     }
 }
 

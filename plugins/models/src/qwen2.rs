@@ -13,7 +13,7 @@ use std::path::Path;
 use longrope_core::model::LoadOptions;
 use longrope_core::{LanguageModel, ModelArch};
 
-use crate::llama::{ArchSpec, Checkpoint, GgufFactors, Llama, SlidingRule};
+use crate::llama::{ArchSpec, GgufFactors, Llama, SlidingRule};
 
 /// Qwen2's layout.
 pub static QWEN2: ArchSpec = ArchSpec {
@@ -35,12 +35,7 @@ pub struct Qwen2Arch;
 
 impl ModelArch for Qwen2Arch {
     fn load(&self, path: &Path, options: &LoadOptions) -> longrope_core::Result<Box<dyn LanguageModel>> {
-        let mut ck = Checkpoint::read(path, &QWEN2)?;
-        if let Some(window) = options.sliding_window {
-            ck.config.sliding_window = window;
-        }
-        ck.config.validate(&ck.path)?;
-        Ok(Box::new(Llama::from_checkpoint(ck, options)?))
+        Llama::load_windowed(path, &QWEN2, options)
     }
 }
 

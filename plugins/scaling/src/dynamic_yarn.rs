@@ -63,35 +63,33 @@ impl Default for DynamicYarnConfig {
     }
 }
 
+impl DynamicYarnConfig {
+    /// The validated ramp and attention scaling of this config (field errors name `dynamic-yarn.FIELD`).
+    fn ramp(&self) -> longrope_core::Result<YarnRamp> {
+        Ok(YarnRamp::validated(
+            "dynamic-yarn",
+            self.beta_fast,
+            self.beta_slow,
+            self.truncate,
+            self.attention_factor,
+            self.mscale,
+            self.mscale_all_dim,
+        )?)
+    }
+}
+
 longrope_core::plugin! {
     kind: Scaling,
     name: "dynamic-yarn",
     summary: "dynamic YaRN: YaRN at s(l) = max(1, l/L) for the current length",
     impl ScalingConfig for DynamicYarnConfig {
         fn validate(&self) -> longrope_core::Result<()> {
-            YarnRamp::validated(
-                "dynamic-yarn",
-                self.beta_fast,
-                self.beta_slow,
-                self.truncate,
-                self.attention_factor,
-                self.mscale,
-                self.mscale_all_dim,
-            )?;
-            Ok(())
+            self.ramp().map(|_| ())
         }
 
         fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
             checks::shape(shape)?;
-            let ramp = YarnRamp::validated(
-                "dynamic-yarn",
-                self.beta_fast,
-                self.beta_slow,
-                self.truncate,
-                self.attention_factor,
-                self.mscale,
-                self.mscale_all_dim,
-            )?;
+            let ramp = self.ramp()?;
             Ok(Arc::new(DynamicYarn { ramp }))
         }
     }

@@ -258,6 +258,21 @@ fn read_hf(b: &HfRopeBlock) -> longrope_core::Result<HfImport> {
     Ok(HfImport { config: Box::new(config), original_max_position_embeddings: b.original_max_position_embeddings })
 }
 
+impl YarnConfig {
+    /// The validated ramp and attention scaling of this config (field errors name `yarn.FIELD`).
+    fn ramp(&self) -> longrope_core::Result<YarnRamp> {
+        Ok(YarnRamp::validated(
+            "yarn",
+            self.beta_fast,
+            self.beta_slow,
+            self.truncate,
+            self.attention_factor,
+            self.mscale,
+            self.mscale_all_dim,
+        )?)
+    }
+}
+
 longrope_core::plugin! {
     kind: Scaling,
     name: "yarn",
@@ -266,31 +281,14 @@ longrope_core::plugin! {
     impl ScalingConfig for YarnConfig {
         fn validate(&self) -> longrope_core::Result<()> {
             checks::factor_opt("yarn", self.factor)?;
-            YarnRamp::validated(
-                "yarn",
-                self.beta_fast,
-                self.beta_slow,
-                self.truncate,
-                self.attention_factor,
-                self.mscale,
-                self.mscale_all_dim,
-            )?;
-            Ok(())
+            self.ramp().map(|_| ())
         }
 
         fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
-            self.validate()?;
+            checks::factor_opt("yarn", self.factor)?;
+            let ramp = self.ramp()?;
             checks::shape(shape)?;
             let factor = checks::scale("yarn", self.factor, shape)?;
-            let ramp = YarnRamp::validated(
-                "yarn",
-                self.beta_fast,
-                self.beta_slow,
-                self.truncate,
-                self.attention_factor,
-                self.mscale,
-                self.mscale_all_dim,
-            )?;
             Ok(Arc::new(Yarn { factor, ramp, blend: self.blend }))
         }
     }

@@ -83,6 +83,61 @@ fn tiny_mistral_logits_equal_hf_with_sliding_window() {
     assert!(max_abs_diff(&logits, &g["logits"]) > 1e-3);
 }
 
+/// Tiny random Qwen2 (`scripts/fixtures/arch_golden.py`): biases on q/k/v, tied head, the sliding window on
+/// layer 1 only (`use_sliding_window`, `layer_types`); logits equal HF's to 1e-5.
+#[test]
+fn tiny_qwen2_logits_equal_hf() {
+    let dir = common::root().join("tests/fixtures/tiny-qwen2");
+    let model = load(&dir, Kind::Float);
+    let s = model.summary();
+    assert_eq!((s.arch.as_str(), s.num_layers, s.head_dim, s.sliding_window), ("qwen2", 2, 16, Some(8)));
+    assert!(s.tied_embeddings && s.checkpoint_scaling.is_none());
+    let g = golden("tiny_qwen2_golden.safetensors");
+    let ids = g["input_ids"].narrow(0, 0, 48).unsqueeze(0);
+    let logits = model.forward(&ids, &original(model.as_ref()), None).unwrap().squeeze_dim(0);
+    let diff = max_abs_diff(&logits, &g["logits_48"]);
+    eprintln!("qwen2: max |logits - HF| = {diff:e}");
+    assert!(diff <= 1e-5, "qwen2: max |logits - HF| = {diff}");
+    // Without the window (or with it on every layer) the logits differ: layer 1 alone slides, as HF's.
+    for window in [None, Some(8)] {
+        let options = LoadOptions { sliding_window: Some(window), ..LoadOptions::default() };
+        let other = longrope_models::load(&dir, &options).unwrap();
+        let logits = other.forward(&ids, &original(other.as_ref()), None).unwrap().squeeze_dim(0);
+        let d = max_abs_diff(&logits, &g["logits_48"]);
+        if window.is_none() {
+            assert!(d > 1e-3, "the window of layer 1 has no effect ({d})");
+        } else {
+            assert!(d <= 1e-5, "overriding the window with the same size changes the logits ({d})");
+        }
+    }
+}
+
+/// Tiny random Phi-3 (`scripts/fixtures/arch_golden.py`): fused `qkv_proj` / `gate_up_proj`, partial rotary
+/// (8 of 16 dimensions), LongRoPE short/long factors in its config switching at 32 tokens; logits equal HF's to
+/// 1e-5 below (24 tokens: short factors) and above (80 tokens: long factors) the original window, with the
+/// checkpoint's own scaling as runs apply it by default.
+#[test]
+fn tiny_phi3_longrope_logits_equal_hf_below_and_above_the_window() {
+    let dir = common::root().join("tests/fixtures/tiny-phi3");
+    let model = load(&dir, Kind::Float);
+    let s = model.summary();
+    assert_eq!((s.arch.as_str(), s.head_dim, s.rope_dim(), s.max_position_embeddings), ("phi3", 16, 8, 32));
+    let own = s.checkpoint_scaling.as_ref().expect("Phi-3's longrope block");
+    assert_eq!((own.method.as_str(), own.original_max_position_embeddings, own.max_position_embeddings), ("longrope", 32, 128));
+    let g = golden("tiny_phi3_golden.safetensors");
+    for n in [24usize, 80] {
+        let run = longrope_core::scaling::run_scaling(s, longrope_core::scaling::ScalingRequest::Default, n).unwrap();
+        let ids = g["input_ids"].narrow(0, 0, n as i64).unsqueeze(0);
+        let logits = model.forward(&ids, &run.schedule.tables(n).unwrap(), None).unwrap().squeeze_dim(0);
+        let diff = max_abs_diff(&logits, &g[&format!("logits_{n}")]);
+        eprintln!("phi3 at {n} tokens: max |logits - HF| = {diff:e}");
+        assert!(diff <= 1e-5, "phi3 at {n} tokens: max |logits - HF| = {diff}");
+        // the unscaled RoPE gives other logits (the factors are really applied)
+        let plain = model.forward(&ids, &original(model.as_ref()), None).unwrap().squeeze_dim(0);
+        assert!(max_abs_diff(&plain, &g[&format!("logits_{n}")]) > 1e-4, "phi3 at {n}: scaling has no effect");
+    }
+}
+
 #[test]
 fn kv_cache_continuation_equals_full_forward() {
     for (dir, name) in [

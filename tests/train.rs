@@ -218,8 +218,11 @@ fn exported_directory_loads_and_scores_as_the_trained_model() {
         let exported = load(&export, Kind::Float);
         let summary = exported.summary();
         assert_eq!(summary.max_position_embeddings, 256, "{name}: the trained context L stays the original one");
-        let block = summary.rope_scaling.as_ref().expect("the export carries its rope_scaling");
-        assert_eq!(block["rope_type"], "longrope");
+        let own = summary.checkpoint_scaling.as_ref().expect("the export carries its rope_scaling");
+        assert_eq!((own.kind.as_str(), own.method.as_str()), ("longrope", "longrope"));
+        // Without --scaling, the export's own `rope_scaling` block is what runs.
+        let own_schedule = longrope_core::scaling::run_scaling(summary, longrope_core::scaling::ScalingRequest::Default, 300).unwrap();
+        assert_eq!(own_schedule.source, longrope_core::scaling::ScalingSource::Checkpoint);
         let config = longrope_core::scaling::load_scaling_config(export.join("longrope_scaling.toml").to_str().unwrap()).unwrap();
         let trained_schedule = RopeSchedule::new(spec.scaling.as_ref(), trained.summary().rope_shape(512)).unwrap();
         // The exported scaling file gives the training tables whatever the target is.
@@ -230,6 +233,8 @@ fn exported_directory_loads_and_scores_as_the_trained_model() {
             let a = trained.nll(&ids[..len], &trained_schedule.tables(len).unwrap(), 1).unwrap().mean();
             let b = exported.nll(&ids[..len], &exported_schedule.tables(len).unwrap(), 1).unwrap().mean();
             assert!((a - b).abs() < 1e-5 * a, "{name} at {len}: trained {a} vs exported {b}");
+            let c = exported.nll(&ids[..len], &own_schedule.schedule.tables(len).unwrap(), 1).unwrap().mean();
+            assert!((a - c).abs() < 1e-5 * a, "{name} at {len}: trained {a} vs the export's own rope_scaling {c}");
         }
         let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("finetune.json")).unwrap()).unwrap();
         let trainable = manifest["trainable_tensors"].as_u64().unwrap();

@@ -13,6 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::nn::Linear;
 use crate::rope::RopeShape;
+pub use crate::scaling::checkpoint::CheckpointScaling;
 use crate::scaling::LayerTables;
 use crate::Result;
 
@@ -49,11 +50,16 @@ pub struct ModelSummary {
     pub bos_token_id: Option<u32>,
     /// End-of-sequence token id, if any.
     pub eos_token_id: Option<u32>,
-    /// The checkpoint's own RoPE scaling block (`config.json` `rope_scaling` / `rope_parameters`, type other
-    /// than `default`), as written; `None` for a plain checkpoint. It is not applied implicitly: commands ask
-    /// for `--scaling` when it is set.
+    /// The RoPE scaling the checkpoint carries (HF `rope_scaling` / `rope_parameters` of a type other than
+    /// `default`, or GGUF `{arch}.rope.scaling.*` metadata and factor tensors), read into one of our methods;
+    /// `None` for a plain checkpoint. Runs apply it unless a scaling is given explicitly
+    /// ([`crate::scaling::checkpoint::run_scaling`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rope_scaling: Option<serde_json::Value>,
+    pub checkpoint_scaling: Option<CheckpointScaling>,
+    /// The dimensions of a head that rotate, when only the first ones do (HF `partial_rotary_factor`, GGUF
+    /// `{arch}.rope.dimension_count`); `None`: the whole head. RoPE tables have `rope_dim() / 2` frequencies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotary_dim: Option<usize>,
 }
 
 /// Where the original context `L` of an extension comes from.
@@ -71,6 +77,12 @@ pub enum OriginalContext {
 }
 
 impl ModelSummary {
+    /// The rotary dimensions of a head: [`ModelSummary::rotary_dim`], else `head_dim`. This is the `head_dim` of
+    /// every [`RopeShape`] of the model.
+    pub fn rope_dim(&self) -> usize {
+        self.rotary_dim.unwrap_or(self.head_dim)
+    }
+
     /// The original context `L` by LongRoPE's rule ([`OriginalContext::Reference`]).
     pub fn original_context(&self) -> usize {
         self.original_context_by(OriginalContext::Reference)
@@ -79,7 +91,7 @@ impl ModelSummary {
     /// The original context `L` by `rule`.
     pub fn original_context_by(&self, rule: OriginalContext) -> usize {
         match rule {
-            OriginalContext::Reference if self.rope_scaling.is_none() => self.sliding_window.unwrap_or(self.max_position_embeddings),
+            OriginalContext::Reference if self.checkpoint_scaling.is_none() => self.sliding_window.unwrap_or(self.max_position_embeddings),
             OriginalContext::Reference => self.max_position_embeddings,
             OriginalContext::MaxPositionEmbeddings => self.max_position_embeddings,
         }
@@ -93,7 +105,7 @@ impl ModelSummary {
     /// The RoPE shape for extending this model to `target` tokens, with `L` by `rule`.
     pub fn rope_shape_by(&self, target: usize, rule: OriginalContext) -> RopeShape {
         RopeShape {
-            head_dim: self.head_dim,
+            head_dim: self.rope_dim(),
             rope_base: self.rope_base,
             original_max_position_embeddings: self.original_context_by(rule),
             max_position_embeddings: target,
@@ -250,33 +262,21 @@ pub fn chunked_nll_sum(hidden: &Tensor, head: &Tensor, targets: &Tensor, chunk: 
     total.unwrap_or_else(|| Tensor::zeros([], (Kind::Double, hidden.device())))
 }
 
-/// An architecture plugin: recognises and loads checkpoints of one model family.
+/// An architecture plugin: recognises and loads checkpoints of one model family. Declared with
+/// [`crate::plugin!`] (`kind: Arch`), which registers it under its name.
 pub trait ModelArch: Send + Sync {
-    /// Plugin name (`llama`, `mistral`).
-    fn name(&self) -> &'static str;
     /// Load a checkpoint (HF directory or GGUF file) whose architecture this plugin handles.
     fn load(&self, path: &Path, options: &LoadOptions) -> Result<Box<dyn LanguageModel>>;
 }
 
-/// A registered architecture, submitted with `inventory::submit!` next to its [`crate::PluginInfo`].
-pub struct ArchRegistration {
-    /// Plugin name, equal to [`ModelArch::name`].
-    pub name: &'static str,
-    /// The architecture.
-    pub arch: &'static dyn ModelArch,
-}
-
-inventory::collect!(ArchRegistration);
-
 /// The architecture registered under `name`, or an error listing the known architectures.
 pub fn arch(name: &str) -> Result<&'static dyn ModelArch> {
-    inventory::iter::<ArchRegistration>
-        .into_iter()
-        .find(|r| r.name == name)
-        .map(|r| r.arch)
-        .ok_or_else(|| crate::Error::UnknownPlugin {
+    match crate::registry::static_info(crate::PluginKind::Arch, name).map(|p| p.provides) {
+        Some(crate::registry::Provides::Arch(arch)) => Ok(arch),
+        _ => Err(crate::Error::UnknownPlugin {
             kind: crate::PluginKind::Arch,
             name: name.to_string(),
             known: crate::registry::known_names(crate::PluginKind::Arch),
-        })
+        }),
+    }
 }

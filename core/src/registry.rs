@@ -1,7 +1,7 @@
 //! The plugin registry: every plugin, static or dynamic, is listed here by kind and name.
 //!
-//! Static plugins register a [`PluginInfo`] with `inventory::submit!` (see [`register_plugin!`]); their configs
-//! deserialize through `typetag`. Dynamic plugins (shared libraries, see `longrope-plugin-abi`) are added at
+//! Static plugins are declared once with [`plugin!`](crate::plugin) (a [`PluginInfo`] submitted with `inventory`, and
+//! the `typetag` name of their config); their configs deserialize through `typetag`. Dynamic plugins (shared libraries, see `longrope-plugin-abi`) are added at
 //! run time with [`register_dynamic`]. Listings are sorted by name, because `inventory`'s order is unspecified;
 //! looking up a missing name is a typed [`Error::UnknownPlugin`] that lists the known names
 //! (the pattern of vector's `src/config/component.rs`).
@@ -48,8 +48,8 @@ impl fmt::Display for PluginKind {
     }
 }
 
-/// The descriptor a static plugin submits to the registry.
-#[derive(Debug, Clone, Copy)]
+/// The descriptor a static plugin submits to the registry: made by [`plugin!`](crate::plugin), never by hand.
+#[derive(Clone, Copy)]
 pub struct PluginInfo {
     /// Which kind of plugin this is.
     pub kind: PluginKind,
@@ -57,22 +57,119 @@ pub struct PluginInfo {
     pub name: &'static str,
     /// A one-line summary for `longrope plugins`.
     pub summary: &'static str,
+    /// What the plugin provides besides its `typetag` config.
+    pub provides: Provides,
+}
+
+/// What a static plugin provides besides its config: an architecture's loader, a scaling method's reader of
+/// HF `rope_scaling` blocks.
+#[derive(Clone, Copy)]
+pub enum Provides {
+    /// Only its config (search strategies, evaluators, scaling methods HF has no type for).
+    Config,
+    /// A scaling method that HF checkpoints name: the HF `rope_type`s it reads and the reader.
+    HfScaling {
+        /// The HF `rope_type` values (and old names) this method reads (`linear`; `longrope`, `su`).
+        hf_types: &'static [&'static str],
+        /// Reads such a block into this method's config.
+        read: crate::scaling::hf::HfReader,
+    },
+    /// An architecture's loader.
+    Arch(&'static dyn crate::model::ModelArch),
+}
+
+impl fmt::Debug for PluginInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let provides = match self.provides {
+            Provides::Config => "config".to_string(),
+            Provides::HfScaling { hf_types, .. } => format!("HF types {hf_types:?}"),
+            Provides::Arch(_) => "architecture".to_string(),
+        };
+        f.debug_struct("PluginInfo").field("kind", &self.kind).field("name", &self.name).field("provides", &provides).finish()
+    }
 }
 
 inventory::collect!(PluginInfo);
 
-/// Register a static plugin: `register_plugin!(Scaling, "yarn", "YaRN: NTK-by-parts + attention factor");`.
+/// Declare a static plugin, once: its kind, name and summary go to the registry, and the name is written
+/// nowhere else. Every listing (`longrope plugins`, lookups, the tests' expectations) derives from it.
+///
+/// - A config plugin (scaling, search, evaluator) wraps the `impl` of its config trait, which the macro tags
+///   for `typetag` with the same name; the config type gets `pub const NAME` for its runtime `name()`:
+///   ```ignore
+///   longrope_core::plugin! {
+///       kind: Scaling, name: "pi", summary: "Position Interpolation",
+///       hf: { types: ["linear"], read: read_hf },      // scaling methods HF has a `rope_type` for
+///       impl ScalingConfig for PiConfig { fn build(&self, shape: &RopeShape) -> .. { .. } }
+///   }
+///   ```
+/// - An architecture names its [`crate::ModelArch`] type (a unit struct), which gets `pub const NAME`:
+///   `longrope_core::plugin! { kind: Arch, name: "llama", summary: "..", arch: LlamaArch }`.
+/// - A name-only registration (tests): `longrope_core::plugin! { kind: Search, name: "x", summary: ".." }`.
+///
+/// The crate using it must depend on `typetag` (its expansion names it).
 #[macro_export]
-macro_rules! register_plugin {
-    ($kind:ident, $name:expr, $summary:expr) => {
+macro_rules! plugin {
+    (kind: Arch, name: $name:tt, summary: $summary:expr, arch: $arch:ident $(,)?) => {
+        impl $arch {
+            /// The plugin's registered name.
+            pub const NAME: &'static str = $name;
+        }
+        $crate::inventory::submit! {
+            $crate::registry::PluginInfo {
+                kind: $crate::registry::PluginKind::Arch,
+                name: $name,
+                summary: $summary,
+                provides: $crate::registry::Provides::Arch(&$arch),
+            }
+        }
+    };
+    (kind: Scaling, name: $name:tt, summary: $summary:expr, hf: { types: [$($hf:expr),+ $(,)?], read: $read:expr $(,)? },
+     impl $trait:ident for $config:ty { $($body:tt)* }) => {
+        $crate::plugin!(@config Scaling, $name, $trait, $config, { $($body)* });
+        $crate::inventory::submit! {
+            $crate::registry::PluginInfo {
+                kind: $crate::registry::PluginKind::Scaling,
+                name: $name,
+                summary: $summary,
+                provides: $crate::registry::Provides::HfScaling { hf_types: &[$($hf),+], read: $read },
+            }
+        }
+    };
+    (kind: $kind:ident, name: $name:tt, summary: $summary:expr, impl $trait:ident for $config:ty { $($body:tt)* }) => {
+        $crate::plugin!(@config $kind, $name, $trait, $config, { $($body)* });
+        $crate::plugin!(kind: $kind, name: $name, summary: $summary);
+    };
+    (kind: $kind:ident, name: $name:tt, summary: $summary:expr $(,)?) => {
         $crate::inventory::submit! {
             $crate::registry::PluginInfo {
                 kind: $crate::registry::PluginKind::$kind,
                 name: $name,
                 summary: $summary,
+                provides: $crate::registry::Provides::Config,
             }
         }
     };
+    (@config $kind:ident, $name:tt, $trait:ident, $config:ty, { $($body:tt)* }) => {
+        impl $config {
+            /// The plugin's registered name (its `typetag` name).
+            pub const NAME: &'static str = $name;
+        }
+        #[typetag::serde(name = $name)]
+        impl $trait for $config { $($body)* }
+    };
+}
+
+/// The static registration of a plugin, if one exists (dynamic plugins have none).
+pub fn static_info(kind: PluginKind, name: &str) -> Option<&'static PluginInfo> {
+    inventory::iter::<PluginInfo>.into_iter().find(|p| p.kind == kind && p.name == name)
+}
+
+/// Every static registration of a kind, sorted by name.
+pub fn static_infos(kind: PluginKind) -> Vec<&'static PluginInfo> {
+    let mut out: Vec<&'static PluginInfo> = inventory::iter::<PluginInfo>.into_iter().filter(|p| p.kind == kind).collect();
+    out.sort_by_key(|p| p.name);
+    out
 }
 
 /// One row of a listing: a static or a dynamic plugin.
@@ -141,8 +238,8 @@ pub fn known_names(kind: PluginKind) -> String {
 mod tests {
     use super::*;
 
-    register_plugin!(Search, "zz-test-strategy", "registered by the core's unit tests");
-    register_plugin!(Search, "aa-test-strategy", "registered by the core's unit tests");
+    crate::plugin!(kind: Search, name: "zz-test-strategy", summary: "registered by the core's unit tests");
+    crate::plugin!(kind: Search, name: "aa-test-strategy", summary: "registered by the core's unit tests");
 
     #[test]
     fn static_registration_is_listed_sorted() {

@@ -9,7 +9,8 @@
 //! as HF takes them), a name with inline fields (`yarn{beta_fast = 128.0, beta_slow = 2.0}`: a TOML inline table),
 //! or the path of a TOML file; see [`load_scaling_config`]. Methods from shared
 //! libraries loaded at run time (`--plugin`) are configured the same way through the `dynamic` submodule
-//! ([`register_dynamic_scaling`], [`DynamicScalingConfig`]; see `docs/plugins.md`).
+//! ([`register_dynamic_scaling`], [`DynamicScalingConfig`]; see `docs/plugins.md`). A checkpoint's own method
+//! and the choice between it and an explicit one are in [`checkpoint`]; HF `rope_scaling` blocks in [`hf`].
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -19,8 +20,10 @@ use crate::registry::{self, PluginKind};
 use crate::rope::{RopeContext, RopeShape, RopeTables};
 use crate::{Error, Result};
 
+pub mod checkpoint;
 mod dynamic;
 pub mod hf;
+pub use checkpoint::{run_scaling, CheckpointScaling, RunScaling, ScalingRequest, ScalingSource, CHECKPOINT};
 pub use dynamic::{
     dynamic_scaling, register_dynamic_scaling, DynamicScalingBuilder, DynamicScalingConfig, DYNAMIC_METHOD,
 };

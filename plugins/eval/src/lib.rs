@@ -9,7 +9,7 @@
 //!
 //! Corpora, token stores and document selection live in `longrope-data` (shared with training).
 //!
-//! Every evaluator is a plugin (`register_plugin!` + a `typetag` config named after it).
+//! Every evaluator is a plugin, declared once with `longrope_core::plugin!` (registry entry and `typetag` name).
 
 pub mod needle;
 pub mod passkey;

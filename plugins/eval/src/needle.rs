@@ -12,7 +12,7 @@ use std::time::Instant;
 use longrope_core::eval::{Evaluator, EvaluatorConfig, ItemScore, Score, TokenSource};
 use longrope_core::model::LanguageModel;
 use longrope_core::scaling::RopeSchedule;
-use longrope_core::{register_plugin, Error, Result};
+use longrope_core::{Error, Result};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +20,6 @@ use longrope_data::corpus::select_docs;
 use crate::passkey::{information_line, QUESTION};
 use crate::progress::Progress;
 
-register_plugin!(Evaluator, "needle-ppl", "NLL of the needle's answer tokens in real text (LongRoPE2's search fitness)");
 
 /// Configuration of the `needle-ppl` evaluator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,14 +46,18 @@ impl Default for NeedleConfig {
     }
 }
 
-#[typetag::serde(name = "needle-ppl")]
-impl EvaluatorConfig for NeedleConfig {
-    fn build(&self) -> Result<Box<dyn Evaluator>> {
-        if self.samples == 0 {
-            return Err(Error::invalid("needle-ppl.samples", "must be positive"));
+longrope_core::plugin! {
+    kind: Evaluator,
+    name: "needle-ppl",
+    summary: "NLL of the needle's answer tokens in real text (LongRoPE2's search fitness)",
+    impl EvaluatorConfig for NeedleConfig {
+        fn build(&self) -> Result<Box<dyn Evaluator>> {
+            if self.samples == 0 {
+                return Err(Error::invalid("needle-ppl.samples", "must be positive"));
+            }
+            longrope_core::limits::int_in("needle-ppl.samples", self.samples, 1, longrope_core::limits::MAX_SAMPLES, "samples per length")?;
+            Ok(Box::new(NeedlePpl { config: self.clone() }))
         }
-        longrope_core::limits::int_in("needle-ppl.samples", self.samples, 1, longrope_core::limits::MAX_SAMPLES, "samples per length")?;
-        Ok(Box::new(NeedlePpl { config: self.clone() }))
     }
 }
 
@@ -99,7 +102,7 @@ pub fn needle_prompt(
 
 impl Evaluator for NeedlePpl {
     fn name(&self) -> &str {
-        "needle-ppl"
+        NeedleConfig::NAME
     }
 
     fn evaluate(&self, model: &dyn LanguageModel, schedule: &RopeSchedule, length: usize, data: &dyn TokenSource) -> Result<Score> {

@@ -30,14 +30,13 @@ use longrope_core::eval::{Evaluator, EvaluatorConfig, ItemScore, Score, TokenSou
 use longrope_core::generate::greedy_generate;
 use longrope_core::model::LanguageModel;
 use longrope_core::scaling::RopeSchedule;
-use longrope_core::{register_plugin, Error, Result};
+use longrope_core::{Error, Result};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::progress::Progress;
 use crate::pyrandom::PyRandom;
 
-register_plugin!(Evaluator, "passkey", "passkey retrieval in garbage text (LongRoPE's prompt), accuracy by length and depth");
 
 /// The task description line.
 pub const TASK: &str = "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. I will quiz you about the important information there.";
@@ -189,22 +188,26 @@ impl Default for PasskeyConfig {
     }
 }
 
-#[typetag::serde(name = "passkey")]
-impl EvaluatorConfig for PasskeyConfig {
-    fn build(&self) -> Result<Box<dyn Evaluator>> {
-        if self.samples == 0 {
-            return Err(Error::invalid("passkey.samples", "must be positive"));
-        }
-        longrope_core::limits::int_in("passkey.samples", self.samples, 1, longrope_core::limits::MAX_SAMPLES, "samples per length")?;
-        if let Some(n) = self.max_new_tokens {
-            longrope_core::limits::int_in("passkey.max_new_tokens", n, 1, longrope_core::limits::MAX_CONTEXT, "new tokens per sample")?;
-        }
-        if let Some(d) = &self.depths {
-            if d.is_empty() || d.iter().any(|x| !(0.0..=1.0).contains(x)) {
-                return Err(Error::invalid("passkey.depths", format!("must be a non-empty list of values in [0, 1], got {d:?}")));
+longrope_core::plugin! {
+    kind: Evaluator,
+    name: "passkey",
+    summary: "passkey retrieval in garbage text (LongRoPE's prompt), accuracy by length and depth",
+    impl EvaluatorConfig for PasskeyConfig {
+        fn build(&self) -> Result<Box<dyn Evaluator>> {
+            if self.samples == 0 {
+                return Err(Error::invalid("passkey.samples", "must be positive"));
             }
+            longrope_core::limits::int_in("passkey.samples", self.samples, 1, longrope_core::limits::MAX_SAMPLES, "samples per length")?;
+            if let Some(n) = self.max_new_tokens {
+                longrope_core::limits::int_in("passkey.max_new_tokens", n, 1, longrope_core::limits::MAX_CONTEXT, "new tokens per sample")?;
+            }
+            if let Some(d) = &self.depths {
+                if d.is_empty() || d.iter().any(|x| !(0.0..=1.0).contains(x)) {
+                    return Err(Error::invalid("passkey.depths", format!("must be a non-empty list of values in [0, 1], got {d:?}")));
+                }
+            }
+            Ok(Box::new(Passkey { config: self.clone() }))
         }
-        Ok(Box::new(Passkey { config: self.clone() }))
     }
 }
 
@@ -275,7 +278,7 @@ impl Passkey {
 
 impl Evaluator for Passkey {
     fn name(&self) -> &str {
-        "passkey"
+        PasskeyConfig::NAME
     }
 
     fn evaluate(&self, model: &dyn LanguageModel, schedule: &RopeSchedule, length: usize, _data: &dyn TokenSource) -> Result<Score> {

@@ -30,13 +30,12 @@ use std::time::Instant;
 use longrope_core::eval::{Evaluator, EvaluatorConfig, ItemScore, Score, TokenSource};
 use longrope_core::model::LanguageModel;
 use longrope_core::scaling::RopeSchedule;
-use longrope_core::{register_plugin, Error, Result};
+use longrope_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use longrope_data::corpus::select_docs;
 use crate::progress::Progress;
 
-register_plugin!(Evaluator, "ppl", "perplexity over sliding windows, LongRoPE's definition (stride, max windows, truncate)");
 
 /// One scoring window of a document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,26 +172,30 @@ impl Default for PplConfig {
     }
 }
 
-#[typetag::serde(name = "ppl")]
-impl EvaluatorConfig for PplConfig {
-    fn build(&self) -> Result<Box<dyn Evaluator>> {
-        if self.sliding_window == 0 || self.max_sliding_count == 0 || self.samples == 0 {
-            return Err(Error::invalid("ppl", "sliding_window, max_sliding_count and samples must be positive"));
+longrope_core::plugin! {
+    kind: Evaluator,
+    name: "ppl",
+    summary: "perplexity over sliding windows, LongRoPE's definition (stride, max windows, truncate)",
+    impl EvaluatorConfig for PplConfig {
+        fn build(&self) -> Result<Box<dyn Evaluator>> {
+            if self.sliding_window == 0 || self.max_sliding_count == 0 || self.samples == 0 {
+                return Err(Error::invalid("ppl", "sliding_window, max_sliding_count and samples must be positive"));
+            }
+            use longrope_core::limits::{int_in, MAX_CONTEXT, MAX_SAMPLES};
+            int_in("ppl.sliding_window", self.sliding_window, 1, MAX_CONTEXT, "a stride in tokens")?;
+            int_in("ppl.max_sliding_count", self.max_sliding_count, 1, MAX_SAMPLES, "windows per document")?;
+            int_in("ppl.samples", self.samples, 1, MAX_SAMPLES, "documents per length")?;
+            if let Some(n) = self.dataset_min_tokens {
+                int_in("ppl.dataset_min_tokens", n, 0, MAX_CONTEXT, "tokens a document needs")?;
+            }
+            if self.selection == Selection::PerLength && self.dataset_min_tokens.is_some() {
+                return Err(Error::invalid(
+                    "ppl.dataset_min_tokens",
+                    "applies to `selection = \"reference\"`; `per_length` selects by the evaluated length",
+                ));
+            }
+            Ok(Box::new(Perplexity { config: self.clone() }))
         }
-        use longrope_core::limits::{int_in, MAX_CONTEXT, MAX_SAMPLES};
-        int_in("ppl.sliding_window", self.sliding_window, 1, MAX_CONTEXT, "a stride in tokens")?;
-        int_in("ppl.max_sliding_count", self.max_sliding_count, 1, MAX_SAMPLES, "windows per document")?;
-        int_in("ppl.samples", self.samples, 1, MAX_SAMPLES, "documents per length")?;
-        if let Some(n) = self.dataset_min_tokens {
-            int_in("ppl.dataset_min_tokens", n, 0, MAX_CONTEXT, "tokens a document needs")?;
-        }
-        if self.selection == Selection::PerLength && self.dataset_min_tokens.is_some() {
-            return Err(Error::invalid(
-                "ppl.dataset_min_tokens",
-                "applies to `selection = \"reference\"`; `per_length` selects by the evaluated length",
-            ));
-        }
-        Ok(Box::new(Perplexity { config: self.clone() }))
     }
 }
 
@@ -205,7 +208,7 @@ pub struct Perplexity {
 
 impl Evaluator for Perplexity {
     fn name(&self) -> &str {
-        "ppl"
+        PplConfig::NAME
     }
 
     fn evaluate(

@@ -1,5 +1,6 @@
-//! GGUF v2/v3 reader (llama.cpp's `gguf.md`): header, metadata, tensor infos, and dequantisation of
-//! F32, F16, BF16, Q8_0, Q4_0 and Q4_1 tensors to f32 at load.
+//! GGUF v2/v3 reader and writer (llama.cpp's `gguf.md`): header, metadata, tensor infos, and dequantisation
+//! of F32, F16, BF16, Q8_0, Q4_0 and Q4_1 tensors to f32 at load. [`GgufFile::rewrite`] copies a file with
+//! metadata changed and F32 tensors added, every other byte of metadata and tensor data copied verbatim.
 //!
 //! Block formats (ggml `ggml-common.h`), 32 values per block:
 //! - Q8_0 (34 bytes): f16 scale `d`, 32 x i8 `q`; value = `q * d`.
@@ -186,6 +187,9 @@ pub struct GgufFile {
     pub metadata: BTreeMap<String, Value>,
     /// Tensor infos, in file order.
     pub tensors: Vec<TensorInfo>,
+    /// Each metadata entry's raw bytes (key, type, value) in file order, for a verbatim copy.
+    raw_metadata: Vec<(String, std::ops::Range<usize>)>,
+    alignment: u64,
     data_start: u64,
     mmap: Mmap,
 }
@@ -287,10 +291,13 @@ impl GgufFile {
             });
         }
         let mut metadata = BTreeMap::new();
+        let mut raw_metadata = Vec::new();
         for _ in 0..n_kv {
+            let start = c.pos;
             let key = c.string("metadata key")?;
             let ty = c.u32(&format!("type of metadata `{key}`"))?;
             let v = c.value(ty, &key, 0)?;
+            raw_metadata.push((key.clone(), start..c.pos));
             metadata.insert(key, v);
         }
         let mut tensors = Vec::with_capacity(n_tensors as usize);
@@ -320,7 +327,7 @@ impl GgufFile {
         }
         let pos = c.pos as u64;
         let data_start = pos.div_ceil(alignment) * alignment;
-        let g = GgufFile { path: path.to_path_buf(), version, metadata, tensors, data_start, mmap };
+        let g = GgufFile { path: path.to_path_buf(), version, metadata, tensors, raw_metadata, alignment, data_start, mmap };
         for t in &g.tensors {
             g.tensor_bytes(t)?;
         }
@@ -383,6 +390,105 @@ impl GgufFile {
     pub fn dequantize(&self, t: &TensorInfo) -> Result<Vec<f32>> {
         let bytes = self.tensor_bytes(t)?;
         Ok(dequantize(t.ggml_type, bytes, t.numel()))
+    }
+}
+
+/// A metadata value to write: the types [`GgufFile::rewrite`] writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NewValue {
+    /// GGUF type 4.
+    U32(u32),
+    /// GGUF type 6.
+    F32(f32),
+    /// GGUF type 8.
+    Str(String),
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+impl GgufFile {
+    /// The bytes of a new file: this one with the metadata keys in `remove` and in `set` dropped, `set`'s
+    /// entries appended, the tensors named in `drop_tensors` left out of the tensor list, and `add` (name, f32
+    /// values, a 1-D tensor each) appended after the data. Every other metadata entry and every byte of the
+    /// data section are copied verbatim, so kept tensors are byte-identical (their offsets do not change).
+    pub fn rewrite(&self, remove: &[&str], set: &[(&str, NewValue)], drop_tensors: &[&str], add: &[(&str, Vec<f32>)]) -> Vec<u8> {
+        let align = |n: usize| n.div_ceil(self.alignment as usize) * self.alignment as usize;
+        let keep_kv: Vec<&(String, std::ops::Range<usize>)> = self
+            .raw_metadata
+            .iter()
+            .filter(|(k, _)| !remove.contains(&k.as_str()) && !set.iter().any(|(s, _)| s == k))
+            .collect();
+        let keep_t: Vec<&TensorInfo> = self.tensors.iter().filter(|t| !drop_tensors.contains(&t.name.as_str())).collect();
+        let data_len = self.mmap.len() - self.data_start as usize;
+        let mut out = Vec::with_capacity(self.mmap.len() + 4096);
+        out.extend(MAGIC);
+        out.extend(self.version.to_le_bytes());
+        out.extend(((keep_t.len() + add.len()) as u64).to_le_bytes());
+        out.extend(((keep_kv.len() + set.len()) as u64).to_le_bytes());
+        for (_, range) in &keep_kv {
+            out.extend(&self.mmap[range.clone()]);
+        }
+        for (key, value) in set {
+            put_str(&mut out, key);
+            match value {
+                NewValue::U32(v) => {
+                    out.extend(4u32.to_le_bytes());
+                    out.extend(v.to_le_bytes());
+                }
+                NewValue::F32(v) => {
+                    out.extend(6u32.to_le_bytes());
+                    out.extend(v.to_le_bytes());
+                }
+                NewValue::Str(v) => {
+                    out.extend(8u32.to_le_bytes());
+                    put_str(&mut out, v);
+                }
+            }
+        }
+        let ggml = |t: GgmlType| -> u32 {
+            match t {
+                GgmlType::F32 => 0,
+                GgmlType::F16 => 1,
+                GgmlType::Q4_0 => 2,
+                GgmlType::Q4_1 => 3,
+                GgmlType::Q8_0 => 8,
+                GgmlType::BF16 => 30,
+                GgmlType::Other(n) => n,
+            }
+        };
+        for t in &keep_t {
+            put_str(&mut out, &t.name);
+            out.extend((t.shape.len() as u32).to_le_bytes());
+            for d in t.shape.iter().rev() {
+                out.extend((*d as u64).to_le_bytes());
+            }
+            out.extend(ggml(t.ggml_type).to_le_bytes());
+            out.extend(t.offset.to_le_bytes());
+        }
+        let mut next = align(data_len) as u64;
+        for (name, values) in add {
+            put_str(&mut out, name);
+            out.extend(1u32.to_le_bytes());
+            out.extend((values.len() as u64).to_le_bytes());
+            out.extend(0u32.to_le_bytes());
+            out.extend(next.to_le_bytes());
+            next = align(next as usize + 4 * values.len()) as u64;
+        }
+        out.resize(align(out.len()), 0);
+        out.extend(&self.mmap[self.data_start as usize..]);
+        for (_, values) in add {
+            out.resize(align(out.len()), 0);
+            out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        out
+    }
+
+    /// The raw bytes of the tensor `name` (for byte-identity checks).
+    pub fn raw_tensor(&self, name: &str) -> Option<&[u8]> {
+        self.tensor(name).and_then(|t| self.tensor_bytes(t).ok())
     }
 }
 

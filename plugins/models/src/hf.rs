@@ -2,8 +2,10 @@
 //! [`crate::llama::LlamaConfig`]), weights from a single `model.safetensors` or shards listed in
 //! `model.safetensors.index.json` (f32, f16 or bf16), and `tokenizer.json`.
 //!
-//! The mirror follows `transformers`' `LlamaConfig` / `MistralConfig` defaults; `rope_theta` is read from the
-//! top level (transformers 4) or from `rope_parameters` (transformers 5).
+//! The mirror follows `transformers`' `LlamaConfig` / `MistralConfig` / `Qwen2Config` / `Phi3Config` defaults.
+//! The rope block (the legacy `rope_scaling`, else transformers 5's `rope_parameters`), `rope_theta` and the
+//! checkpoint's own scaling are read as transformers 5 reads them (`modeling_rope_utils.py`), through
+//! `longrope_core::scaling::hf`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -65,9 +67,12 @@ pub struct HfConfig {
     /// RoPE parameters (transformers 5 layout: `{"rope_theta": .., "rope_type": "default"}`).
     #[serde(default)]
     pub rope_parameters: Option<serde_json::Value>,
-    /// Built-in RoPE scaling of the checkpoint (transformers 4 layout).
+    /// Built-in RoPE scaling of the checkpoint (transformers 4 layout; wins over `rope_parameters`).
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// The fraction of a head that rotates (Phi-3 family; top level, or in the rope block).
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
     /// Trained context (the extended one in a scaled checkpoint).
     #[serde(default)]
     pub max_position_embeddings: Option<usize>,
@@ -77,9 +82,18 @@ pub struct HfConfig {
     /// Whether `lm_head` shares the embedding.
     #[serde(default)]
     pub tie_word_embeddings: bool,
-    /// Mistral's sliding attention window.
+    /// The sliding attention window (Mistral, Phi-3; Qwen2 when `use_sliding_window`).
     #[serde(default)]
     pub sliding_window: Option<usize>,
+    /// Qwen2: whether the sliding window is used at all (HF default false).
+    #[serde(default)]
+    pub use_sliding_window: Option<bool>,
+    /// Qwen2: layers from this index on slide (when `use_sliding_window` and no `layer_types`).
+    #[serde(default)]
+    pub max_window_layers: Option<usize>,
+    /// Per-layer attention kind (`full_attention` / `sliding_attention`), as transformers 5 writes it.
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
     /// BOS id (a number, or a list whose first entry is used).
     #[serde(default)]
     pub bos_token_id: Option<serde_json::Value>,
@@ -89,12 +103,15 @@ pub struct HfConfig {
     /// MLP activation (only `silu` is supported).
     #[serde(default = "d_act")]
     pub hidden_act: String,
-    /// Bias in the attention projections (not supported).
+    /// Bias in the attention projections (Llama's flag; not supported for Llama/Mistral).
     #[serde(default)]
     pub attention_bias: bool,
     /// Bias in the MLP (not supported).
     #[serde(default)]
     pub mlp_bias: bool,
+    /// The whole document, for the rope block (read by `longrope_core::scaling::hf`).
+    #[serde(skip)]
+    pub doc: serde_json::Value,
 }
 
 impl HfConfig {
@@ -102,7 +119,12 @@ impl HfConfig {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = read_json_text(&path)?;
-        serde_json::from_str(&text).map_err(|e| ModelError::corrupt(&path, format!("not a valid config.json: {e}")))
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::corrupt(&path, format!("not a valid config.json: {e}")))?;
+        let mut config: HfConfig = serde_json::from_value(doc.clone())
+            .map_err(|e| ModelError::corrupt(&path, format!("not a valid config.json: {e}")))?;
+        config.doc = doc;
+        Ok(config)
     }
 
     /// A required size field of `config.json` (`path`), or an error naming it.
@@ -120,33 +142,19 @@ impl HfConfig {
         })
     }
 
-    /// The RoPE base: `rope_theta`, else `rope_parameters.rope_theta`, else 10000.
+    /// The RoPE base as transformers 5 takes it: the rope block's `rope_theta`, else the top-level one, else
+    /// 10000 (`longrope_core::scaling::hf::rope_theta`).
     pub fn rope_base(&self) -> f64 {
-        self.rope_theta
-            .or_else(|| self.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64()))
-            .unwrap_or(10000.0)
+        longrope_core::scaling::hf::rope_theta(&self.doc)
     }
 
-    /// The checkpoint's own RoPE scaling block (`rope_scaling`, else `rope_parameters`), if its type
-    /// (`rope_type` or `type`) is other than `default`.
-    pub fn builtin_rope_scaling(&self) -> Option<serde_json::Value> {
-        let kind = |v: &serde_json::Value| v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).map(str::to_string);
-        [self.rope_scaling.as_ref(), self.rope_parameters.as_ref()]
-            .into_iter()
-            .flatten()
-            .find(|v| kind(v).is_some_and(|t| t != "default"))
-            .cloned()
-    }
-
-    /// The context the model was trained on, `L`: `original_max_position_embeddings` (top level, else in the
-    /// scaling block) when the checkpoint is a scaled one, else `max_position_embeddings` (`None` when the file
-    /// gives neither: no default is assumed).
-    pub fn trained_context(&self) -> Option<usize> {
-        let from_block = self.builtin_rope_scaling().and_then(|b| b.get("original_max_position_embeddings").and_then(|v| v.as_u64()));
-        self.original_max_position_embeddings
-            .or(from_block.map(|v| v as usize))
-            .filter(|_| self.builtin_rope_scaling().is_some())
-            .or(self.max_position_embeddings)
+    /// The fraction of each head that rotates: the rope block's `partial_rotary_factor`, else the top-level
+    /// one, else 1 (HF `int(head_dim * partial_rotary_factor)` dimensions rotate).
+    pub fn partial_rotary(&self) -> Option<f64> {
+        longrope_core::scaling::hf::rope_block(&self.doc)
+            .and_then(|(_, b)| b.get("partial_rotary_factor"))
+            .and_then(|v| v.as_f64())
+            .or(self.partial_rotary_factor)
     }
 }
 

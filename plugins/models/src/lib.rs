@@ -1,19 +1,27 @@
-//! `longrope-models`: Llama and Mistral on libtorch, loaded from HF safetensors directories or GGUF files.
+//! `longrope-models`: Llama, Mistral, Qwen2 and Phi-3 on libtorch, loaded from HF safetensors directories or
+//! GGUF files, with the RoPE scaling the checkpoint carries.
 //!
 //! - [`load`]: the entry point; picks the format from the path and the architecture from the checkpoint
 //!   (`config.json` `model_type`/`architectures`, or GGUF `general.architecture`), then dispatches through the
 //!   `ModelArch` registry of `longrope-core`.
-//! - [`llama`] / [`mistral`]: the architectures (one file each); [`gguf`]: GGUF reader and dequantisation;
-//!   [`hf`]: `config.json` mirror and safetensors; [`tokenizer`]: tokenizer from `tokenizer.json` or GGUF
-//!   metadata; [`rope`]: cos/sin tables on the device from the caller's RoPE tables; [`error`]: [`ModelError`].
+//! - [`llama`]: the decoder the family shares and the `llama` plugin; [`mistral`] / [`qwen2`] / [`phi3`]: the
+//!   other architectures (one file each: their layout as an [`llama::ArchSpec`]); [`gguf`]: GGUF reader,
+//!   dequantisation and writer; [`gguf_rope`]: a GGUF file's RoPE scaling as llama.cpp applies it;
+//!   [`gguf_export`]: `longrope export gguf`; [`hf`]: `config.json` mirror and safetensors; [`tokenizer`]:
+//!   tokenizer from `tokenizer.json` or GGUF metadata; [`rope`]: cos/sin tables on the device from the caller's
+//!   RoPE tables; [`error`]: [`ModelError`].
 //!
 //! See `docs/models.md`.
 
 pub mod error;
 pub mod gguf;
+pub mod gguf_export;
+pub mod gguf_rope;
 pub mod hf;
 pub mod llama;
 pub mod mistral;
+pub mod phi3;
+pub mod qwen2;
 pub mod rope;
 pub mod tokenizer;
 

@@ -1,7 +1,14 @@
-//! Llama (Touvron et al. 2023; HF `modeling_llama.py`): config, loading from HF safetensors or GGUF,
-//! and the model top to bottom: [`RmsNorm`], rotary [`Attention`] with GQA and a KV cache, the SwiGLU [`Mlp`],
-//! the decoder [`Block`], and [`Llama`] (candle-transformers' one-file layout). Every type has its `load`
-//! (weights into the model's `VarStore` under their HF names, tch's `nn::Path`) and its `forward`.
+//! Llama (Touvron et al. 2023; HF `modeling_llama.py`) and the decoder it shares with its family: config,
+//! loading from HF safetensors or GGUF, and the model top to bottom: [`RmsNorm`], rotary [`Attention`] with GQA
+//! and a KV cache, the SwiGLU [`Mlp`], the decoder [`Block`], and [`Llama`] (candle-transformers' one-file
+//! layout). Every type has its `load` (weights into the model's `VarStore` under their HF names, tch's
+//! `nn::Path`) and its `forward`.
+//!
+//! How a family member differs is an [`ArchSpec`] (one per architecture file): biases on q/k/v (Qwen2,
+//! `modeling_qwen2.py`), fused `qkv_proj` / `gate_up_proj` (Phi-3, `modeling_phi3.py`), which layers slide, the
+//! GGUF layout llama.cpp writes for it, and which RoPE factor tensors llama.cpp reads for it. Partial rotary
+//! heads (HF `partial_rotary_factor`, GGUF `rope.dimension_count` < head size) rotate their first
+//! `rotary_dim` dimensions only, as HF's `apply_rotary_pos_emb`.
 //!
 //! The model takes per-layer RoPE tables from the caller (`LayerTables`) and never knows which scaling
 //! method made them. Attention uses libtorch's `scaled_dot_product_attention` (causal; on CPU its flash kernel,
@@ -21,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use longrope_core::model::{Decoder, KvCache, LoadOptions, ModelSummary, NllSum, Rotary};
+use longrope_core::model::{CheckpointScaling, Decoder, KvCache, LoadOptions, ModelSummary, NllSum, Rotary};
 use longrope_core::nn::Linear;
 use longrope_core::scaling::LayerTables;
 use longrope_core::{LanguageModel, ModelArch, RopeTables};
@@ -36,6 +43,58 @@ use crate::{rope, tokenizer};
 pub const NLL_CHUNK: usize = 1024;
 /// Queries per block when attention needs an explicit mask (sliding window, or a cache continuation).
 pub const ATTN_BLOCK: usize = 1024;
+
+/// Which layers use the sliding window an HF `config.json` declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlidingRule {
+    /// Never (Llama: its config has no window; only [`LoadOptions::sliding_window`] sets one).
+    Never,
+    /// Every layer, when `sliding_window` is set (Mistral, Phi-3).
+    Always,
+    /// Only with `use_sliding_window: true`, on the layers `layer_types` marks `sliding_attention`, else from
+    /// `max_window_layers` on (Qwen2's `Qwen2Config.__post_init__`).
+    WhenUsed,
+}
+
+/// Which per-dimension RoPE factor tensors llama.cpp's loader reads for an architecture (`load_arch_tensors`
+/// in `src/models/*.cpp`); any other factor tensor in the file makes llama.cpp refuse it, and us too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufFactors {
+    /// None (Qwen2).
+    Nothing,
+    /// `rope_freqs.weight`, or `rope_factors_long/short.weight` when `rope.scaling.type` is `longrope` (Llama).
+    FreqsOrLongShort,
+    /// `rope_factors_long/short.weight` (Phi-3).
+    LongShort,
+}
+
+/// How one architecture of the Llama family is laid out (see the module doc).
+#[derive(Debug)]
+pub struct ArchSpec {
+    /// The plugin name (`llama`, `qwen2` ...).
+    pub name: &'static str,
+    /// The HF class written in an exported `config.json` (`LlamaForCausalLM`).
+    pub hf_class: &'static str,
+    /// Biases on the q/k/v projections.
+    pub qkv_bias: bool,
+    /// One fused `qkv_proj` (rows: q, then k, then v) instead of `q_proj`/`k_proj`/`v_proj`.
+    pub fused_qkv: bool,
+    /// One fused `gate_up_proj` (rows: gate, then up) instead of `gate_proj`/`up_proj`.
+    pub fused_gate_up: bool,
+    /// Which layers slide.
+    pub sliding: SlidingRule,
+    /// Whether GGUF's `{arch}.attention.sliding_window` is applied (llama.cpp disables it for Phi-3).
+    pub gguf_sliding_window: bool,
+    /// llama.cpp stores the Q/K rows of this architecture permuted (`convert_hf_to_gguf.py`'s `permute`, for
+    /// its `LLAMA_ROPE_TYPE_NORM` architectures); NEOX-rope architectures (Qwen2, Phi-3) are stored as HF's.
+    pub gguf_permuted_qk: bool,
+    /// The RoPE factor tensors llama.cpp reads for it.
+    pub gguf_factors: GgufFactors,
+    /// HF rope types this architecture's config class renames (Phi-3 reads `su` and `yarn` as `longrope`).
+    pub hf_rope_aliases: &'static [(&'static str, &'static str)],
+    /// The `original_max_position_embeddings` the config class assumes when the file has none (Phi-3: 4096).
+    pub hf_original_default: Option<usize>,
+}
 
 /// The validated runtime configuration of a Llama-family model.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +113,8 @@ pub struct LlamaConfig {
     pub num_kv_heads: usize,
     /// Dimension of one head.
     pub head_dim: usize,
+    /// The rotating dimensions of a head (`head_dim` unless partial rotary).
+    pub rotary_dim: usize,
     /// RMSNorm epsilon.
     pub rms_norm_eps: f64,
     /// RoPE base.
@@ -64,54 +125,77 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// Sliding attention window (keys `j` with `i - j < window` are visible to query `i`), if any.
     pub sliding_window: Option<usize>,
+    /// Which layers use the window (`None`: all of them).
+    pub sliding_layers: Option<Vec<bool>>,
     /// BOS token id.
     pub bos_token_id: Option<u32>,
     /// EOS token id.
     pub eos_token_id: Option<u32>,
-    /// The checkpoint's own RoPE scaling block, if any (HF `rope_scaling` / `rope_parameters` of a type other
-    /// than `default`). Recorded, not applied: see [`ModelSummary::rope_scaling`].
-    pub rope_scaling: Option<serde_json::Value>,
+    /// The checkpoint's own RoPE scaling, if any (see [`ModelSummary::checkpoint_scaling`]).
+    pub checkpoint_scaling: Option<CheckpointScaling>,
 }
 
 impl LlamaConfig {
-    /// Validate an HF `config.json` mirror (`path` names the file in errors).
-    pub fn from_hf(c: &HfConfig, path: &Path) -> Result<Self> {
+    /// Validate an HF `config.json` mirror (`path` names the file in errors) for architecture `spec`, and read
+    /// the checkpoint's own RoPE scaling (an unknown type is an error naming the file).
+    pub fn from_hf(c: &HfConfig, path: &Path, spec: &ArchSpec) -> Result<Self> {
         let err = |field: &str, msg: String| ModelError::config(path, field, msg);
         if c.hidden_act != "silu" {
             return Err(err("hidden_act", format!("`{}` is not supported (only silu)", c.hidden_act)));
         }
-        if c.attention_bias || c.mlp_bias {
-            return Err(err("attention_bias/mlp_bias", "biases are not supported".into()));
+        if c.attention_bias && !spec.qkv_bias {
+            return Err(err("attention_bias", "biases are not supported".into()));
         }
-        let rope_scaling = c.builtin_rope_scaling();
+        if c.mlp_bias {
+            return Err(err("mlp_bias", "biases are not supported".into()));
+        }
         let hidden_size = HfConfig::size(path, "hidden_size", c.hidden_size)?;
         let num_heads = HfConfig::size(path, "num_attention_heads", c.num_attention_heads)?;
+        let num_layers = HfConfig::size(path, "num_hidden_layers", c.num_hidden_layers)?;
+        let head_dim = c.head_dim.unwrap_or(hidden_size.checked_div(num_heads).unwrap_or(0));
+        let rotary_dim = match c.partial_rotary() {
+            None => head_dim,
+            Some(f) if f > 0.0 && f <= 1.0 => (head_dim as f64 * f) as usize,
+            Some(f) => return Err(err("partial_rotary_factor", format!("{f} is outside (0, 1]"))),
+        };
+        let mut doc = c.doc.clone();
+        if let (Some(default), Some(obj)) = (spec.hf_original_default, doc.as_object_mut()) {
+            obj.entry("original_max_position_embeddings").or_insert(default.into());
+        }
+        let checkpoint_scaling = longrope_core::scaling::hf::read_hf_config(&doc, &path.display().to_string(), spec.hf_rope_aliases)
+            .map_err(|e| ModelError::corrupt(path, e.to_string()))?;
+        let declared = HfConfig::size(path, "max_position_embeddings", c.max_position_embeddings)?;
+        let (sliding_window, sliding_layers) = hf_sliding(c, spec.sliding, num_layers, path)?;
         let cfg = LlamaConfig {
             vocab_size: HfConfig::size(path, "vocab_size", c.vocab_size)?,
             hidden_size,
             intermediate_size: HfConfig::size(path, "intermediate_size", c.intermediate_size)?,
-            num_layers: HfConfig::size(path, "num_hidden_layers", c.num_hidden_layers)?,
+            num_layers,
             num_heads,
             num_kv_heads: c.num_key_value_heads.unwrap_or(num_heads),
-            head_dim: c.head_dim.unwrap_or(hidden_size.checked_div(num_heads).unwrap_or(0)),
+            head_dim,
+            rotary_dim,
             rms_norm_eps: c.rms_norm_eps,
             rope_theta: c.rope_base(),
-            max_position_embeddings: HfConfig::size(path, "max_position_embeddings", c.trained_context())?,
+            max_position_embeddings: checkpoint_scaling.as_ref().map(|cs| cs.original_max_position_embeddings).unwrap_or(declared),
             tie_word_embeddings: c.tie_word_embeddings,
-            sliding_window: c.sliding_window,
+            sliding_window,
+            sliding_layers,
             bos_token_id: hf::token_id(&c.bos_token_id),
             eos_token_id: hf::token_id(&c.eos_token_id),
-            rope_scaling,
+            checkpoint_scaling,
         };
         cfg.validate(path)?;
         Ok(cfg)
     }
 
-    /// Read the configuration from GGUF metadata (`{arch}.block_count` ...).
-    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+    /// Read the configuration from GGUF metadata (`{arch}.block_count` ...) for architecture `spec`, with the
+    /// checkpoint's RoPE scaling as llama.cpp applies it ([`crate::gguf_rope`]).
+    pub fn from_gguf(g: &GgufFile, spec: &ArchSpec) -> Result<Self> {
         let arch = g.get_str("general.architecture")?.to_string();
         let key = |k: &str| format!("{arch}.{k}");
         let u = |k: &str| g.get_u64(&key(k)).map(|v| v as usize);
+        let opt_u = |k: &str| g.get(&key(k)).and_then(Value::as_u64).map(|v| v as usize);
         let f = |k: &str| -> Result<Option<f64>> {
             match g.get(&key(k)) {
                 None => Ok(None),
@@ -120,32 +204,36 @@ impl LlamaConfig {
         };
         let hidden = u("embedding_length")?;
         let heads = u("attention.head_count")?;
-        let kv = g.get(&key("attention.head_count_kv")).and_then(Value::as_u64).map(|v| v as usize).unwrap_or(heads);
-        let head_dim = g
-            .get(&key("rope.dimension_count"))
-            .and_then(Value::as_u64)
-            .map(|v| v as usize)
-            .unwrap_or(hidden.checked_div(heads).unwrap_or(0));
-        let vocab = match g.get(&key("vocab_size")).and_then(Value::as_u64) {
-            Some(v) => v as usize,
+        let kv = opt_u("attention.head_count_kv").unwrap_or(heads);
+        let head_dim = opt_u("attention.key_length").unwrap_or(hidden.checked_div(heads).unwrap_or(0));
+        let rotary_dim = opt_u("rope.dimension_count").unwrap_or(head_dim);
+        let vocab = match opt_u("vocab_size") {
+            Some(v) => v,
             None => g.get("tokenizer.ggml.tokens").and_then(Value::as_array).map(|a| a.len()).unwrap_or(0),
         };
+        let num_layers = u("block_count")?;
+        let context = u("context_length")?;
+        let rope_theta = f("rope.freq_base")?.unwrap_or(10000.0);
+        let checkpoint_scaling = crate::gguf_rope::read(g, spec, context, rotary_dim)?;
+        let window = opt_u("attention.sliding_window").filter(|w| *w > 0 && spec.gguf_sliding_window && spec.sliding != SlidingRule::Never);
         let cfg = LlamaConfig {
             vocab_size: vocab,
             hidden_size: hidden,
             intermediate_size: u("feed_forward_length")?,
-            num_layers: u("block_count")?,
+            num_layers,
             num_heads: heads,
             num_kv_heads: kv,
             head_dim,
+            rotary_dim,
             rms_norm_eps: f("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
-            rope_theta: f("rope.freq_base")?.unwrap_or(10000.0),
-            max_position_embeddings: u("context_length")?,
+            rope_theta,
+            max_position_embeddings: checkpoint_scaling.as_ref().map(|cs| cs.original_max_position_embeddings).unwrap_or(context),
             tie_word_embeddings: g.tensor("output.weight").is_none(),
-            sliding_window: g.get(&key("attention.sliding_window")).and_then(Value::as_u64).map(|v| v as usize),
+            sliding_window: window,
+            sliding_layers: None,
             bos_token_id: g.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64).map(|v| v as u32),
             eos_token_id: g.get("tokenizer.ggml.eos_token_id").and_then(Value::as_u64).map(|v| v as u32),
-            rope_scaling: None,
+            checkpoint_scaling,
         };
         cfg.validate(&g.path)?;
         Ok(cfg)
@@ -176,6 +264,14 @@ impl LlamaConfig {
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
             return err("head_dim", format!("must be even and positive, got {}", self.head_dim));
         }
+        if self.rotary_dim == 0 || self.rotary_dim % 2 != 0 || self.rotary_dim > self.head_dim {
+            return err("rotary dimensions (partial_rotary_factor, rope.dimension_count)", format!("{} must be even, positive and at most head_dim {}", self.rotary_dim, self.head_dim));
+        }
+        if let Some(layers) = &self.sliding_layers {
+            if layers.len() != self.num_layers {
+                return err("layer_types", format!("{} entries for {} layers", layers.len(), self.num_layers));
+            }
+        }
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0 && self.rope_theta <= MAX_ROPE_BASE) {
             return err("rope_theta", format!("{} is outside (1, {MAX_ROPE_BASE:e}]", longrope_core::limits::show(self.rope_theta)));
         }
@@ -186,6 +282,37 @@ impl LlamaConfig {
             return err("sliding_window", "must be positive".into());
         }
         Ok(())
+    }
+}
+
+/// The layout of an architecture of this crate by plugin name.
+pub fn arch_spec(name: &str) -> Option<&'static ArchSpec> {
+    [&LLAMA, &crate::mistral::MISTRAL, &crate::qwen2::QWEN2, &crate::phi3::PHI3].into_iter().find(|s| s.name == name)
+}
+
+/// The sliding window of an HF config under `rule`: the window and, when not every layer uses it, which do.
+fn hf_sliding(c: &HfConfig, rule: SlidingRule, num_layers: usize, path: &Path) -> Result<(Option<usize>, Option<Vec<bool>>)> {
+    match rule {
+        SlidingRule::Never => Ok((None, None)),
+        SlidingRule::Always => Ok((c.sliding_window, None)),
+        SlidingRule::WhenUsed => {
+            let Some(window) = c.sliding_window.filter(|_| c.use_sliding_window == Some(true)) else { return Ok((None, None)) };
+            let layers: Vec<bool> = match &c.layer_types {
+                Some(types) => types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        "sliding_attention" => Ok(true),
+                        "full_attention" => Ok(false),
+                        other => Err(ModelError::config(path, "layer_types", format!("`{other}` is not full_attention or sliding_attention"))),
+                    })
+                    .collect::<Result<_>>()?,
+                None => (0..num_layers).map(|i| i >= c.max_window_layers.unwrap_or(28)).collect(),
+            };
+            if !layers.iter().any(|&l| l) {
+                return Ok((None, None));
+            }
+            Ok((Some(window), Some(layers)))
+        }
     }
 }
 
@@ -200,8 +327,10 @@ pub fn unpermute_qk(w: &Tensor, n_head: usize) -> Tensor {
     w.reshape(shape.as_slice()).transpose(1, 2).reshape(size.as_slice())
 }
 
-/// The HF name of a llama.cpp GGUF tensor name (`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`).
-pub fn hf_name(gguf_name: &str) -> Option<String> {
+/// The HF name of a llama.cpp GGUF tensor name for architecture `spec` (`blk.3.attn_q.weight` ->
+/// `model.layers.3.self_attn.q_proj.weight`; Phi-3's fused `attn_qkv` -> `qkv_proj` and `ffn_up` ->
+/// `gate_up_proj`). `None` for tensors that are not weights (the RoPE factor tensors, read by [`crate::gguf_rope`]).
+pub fn hf_name(gguf_name: &str, spec: &ArchSpec) -> Option<String> {
     let fixed = match gguf_name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -214,23 +343,31 @@ pub fn hf_name(gguf_name: &str) -> Option<String> {
     let rest = gguf_name.strip_prefix("blk.")?;
     let (layer, part) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let hf = match part {
-        "attn_norm.weight" => "input_layernorm.weight",
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
+    let (module, kind) = part.rsplit_once('.')?;
+    if kind != "weight" && kind != "bias" {
+        return None;
+    }
+    let hf = match module {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_qkv" => "self_attn.qkv_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_norm" => "post_attention_layernorm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" if spec.fused_gate_up => "mlp.gate_up_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
         _ => return None,
     };
-    Some(format!("model.layers.{layer}.{hf}"))
+    Some(format!("model.layers.{layer}.{hf}.{kind}"))
 }
 
 /// A checkpoint read from disk: config, CPU tensors by HF name, tokenizer, and what the weights were stored as.
 pub struct Checkpoint {
+    /// The architecture.
+    pub spec: &'static ArchSpec,
     /// The file or directory.
     pub path: PathBuf,
     /// `gguf` or `safetensors`.
@@ -246,45 +383,49 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Read an HF directory.
-    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+    /// Read an HF directory of architecture `spec`.
+    pub fn from_hf_dir(dir: &Path, spec: &'static ArchSpec) -> Result<Self> {
         let hf = HfConfig::read(dir)?;
-        let config = LlamaConfig::from_hf(&hf, &dir.join("config.json"))?;
+        let config = LlamaConfig::from_hf(&hf, &dir.join("config.json"), spec)?;
         let (tensors, weight_dtype) = hf::read_safetensors(&hf::weight_files(dir)?)?;
         let tokenizer = tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        Ok(Checkpoint { path: dir.to_path_buf(), format: "safetensors", config, tensors, weight_dtype, tokenizer })
+        Ok(Checkpoint { spec, path: dir.to_path_buf(), format: "safetensors", config, tensors, weight_dtype, tokenizer })
     }
 
-    /// Read a GGUF file: dequantise every tensor, rename to HF names, undo the Q/K permutation.
-    pub fn from_gguf(path: &Path) -> Result<Self> {
+    /// Read a GGUF file of architecture `spec`: dequantise every weight, rename to HF names, undo the Q/K
+    /// permutation where llama.cpp applies one, fuse separate q/k/v for a fused architecture.
+    pub fn from_gguf(path: &Path, spec: &'static ArchSpec) -> Result<Self> {
         let g = GgufFile::open(path)?;
-        let config = LlamaConfig::from_gguf(&g)?;
+        let config = LlamaConfig::from_gguf(&g, spec)?;
         let tokenizer = tokenizer::from_gguf(&g)?;
         let mut tensors = HashMap::new();
         let mut types: BTreeMap<String, usize> = BTreeMap::new();
         for t in &g.tensors {
-            let Some(name) = hf_name(&t.name) else { continue };
+            let Some(name) = hf_name(&t.name, spec) else { continue };
             *types.entry(t.ggml_type.name()).or_default() += 1;
             let values = g.dequantize(t)?;
             let mut w = Tensor::f_from_slice(&values)?.f_reshape(t.shape.as_slice())?;
-            if name.ends_with("q_proj.weight") {
+            if spec.gguf_permuted_qk && name.contains("q_proj.") {
                 w = unpermute_qk(&w, config.num_heads);
-            } else if name.ends_with("k_proj.weight") {
+            } else if spec.gguf_permuted_qk && name.contains("k_proj.") {
                 w = unpermute_qk(&w, config.num_kv_heads);
             }
             tensors.insert(name, w);
         }
+        if spec.fused_qkv {
+            fuse_qkv(&mut tensors, config.num_layers);
+        }
         let mut types: Vec<(String, usize)> = types.into_iter().collect();
         types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let weight_dtype = types.into_iter().map(|(t, _)| t).collect::<Vec<_>>().join(", ");
-        Ok(Checkpoint { path: path.to_path_buf(), format: "gguf", config, tensors, weight_dtype, tokenizer })
+        Ok(Checkpoint { spec, path: path.to_path_buf(), format: "gguf", config, tensors, weight_dtype, tokenizer })
     }
 
-    /// Read a checkpoint, choosing the format from the path (`.gguf` file or HF directory).
-    pub fn read(path: &Path) -> Result<Self> {
+    /// Read a checkpoint of architecture `spec`, choosing the format from the path.
+    pub fn read(path: &Path, spec: &'static ArchSpec) -> Result<Self> {
         match crate::Format::of(path)? {
-            crate::Format::Gguf => Self::from_gguf(path),
-            crate::Format::HfDir(dir) => Self::from_hf_dir(&dir),
+            crate::Format::Gguf => Self::from_gguf(path, spec),
+            crate::Format::HfDir(dir) => Self::from_hf_dir(&dir, spec),
         }
     }
 
@@ -305,6 +446,27 @@ impl Checkpoint {
     }
 }
 
+/// A GGUF file of a fused-qkv architecture may store q/k/v separately (llama.cpp's `create_tensor_qkv`
+/// accepts both): concatenate them (and their biases) into the `qkv_proj` rows HF's layout has.
+fn fuse_qkv(tensors: &mut HashMap<String, Tensor>, num_layers: usize) {
+    for l in 0..num_layers {
+        for kind in ["weight", "bias"] {
+            let name = |p: &str| format!("model.layers.{l}.self_attn.{p}.{kind}");
+            let parts: Vec<Option<Tensor>> = ["q_proj", "k_proj", "v_proj"].iter().map(|p| tensors.remove(&name(p))).collect();
+            if parts.iter().all(Option::is_some) {
+                let parts: Vec<Tensor> = parts.into_iter().flatten().collect();
+                tensors.insert(name("qkv_proj"), Tensor::cat(&parts, 0));
+            } else {
+                for (p, t) in ["q_proj", "k_proj", "v_proj"].iter().zip(parts) {
+                    if let Some(t) = t {
+                        tensors.insert(name(p), t);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Adds checkpoint tensors to a `VarStore` under their HF names, checking shapes and converting to the
 /// device and compute dtype. Weights are added frozen (no gradient); a trainer marks what it trains.
 struct Loader<'a> {
@@ -321,6 +483,10 @@ impl Loader<'_> {
 
     fn linear(&mut self, p: &nn::Path, out: i64, inp: i64) -> Result<Linear> {
         Ok(Linear::new(self.take(p, "weight", &[out, inp])?, None))
+    }
+
+    fn linear_bias(&mut self, p: &nn::Path, out: i64, inp: i64) -> Result<Linear> {
+        Ok(Linear::new(self.take(p, "weight", &[out, inp])?, Some(self.take(p, "bias", &[out])?)))
     }
 }
 
@@ -344,33 +510,72 @@ impl RmsNorm {
     }
 }
 
+/// The query/key/value projections: separate (Llama; with biases for Qwen2) or one fused `qkv_proj` whose
+/// rows are the queries, then the keys, then the values (Phi-3).
+#[derive(Debug)]
+pub enum QkvProj {
+    /// `q_proj`, `k_proj`, `v_proj`.
+    Separate {
+        /// Queries.
+        q_proj: Linear,
+        /// Keys.
+        k_proj: Linear,
+        /// Values.
+        v_proj: Linear,
+    },
+    /// `qkv_proj`.
+    Fused(Linear),
+}
+
 /// Rotary self-attention with grouped KV heads (GQA), an optional sliding window and an optional KV cache.
 #[derive(Debug)]
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv: QkvProj,
     o_proj: Linear,
     num_heads: i64,
     num_kv_heads: i64,
     head_dim: i64,
+    rotary_dim: i64,
     sliding_window: Option<i64>,
 }
 
 impl Attention {
-    fn load(p: &nn::Path, ld: &mut Loader, c: &LlamaConfig) -> Result<Self> {
+    fn load(p: &nn::Path, ld: &mut Loader, c: &LlamaConfig, layer: usize) -> Result<Self> {
         let h = c.hidden_size as i64;
+        let spec = ld.ck.spec;
         let (q_out, kv_out) = ((c.num_heads * c.head_dim) as i64, (c.num_kv_heads * c.head_dim) as i64);
+        let mut proj = |name: &str, out: i64| {
+            if spec.qkv_bias {
+                ld.linear_bias(&(p / name), out, h)
+            } else {
+                ld.linear(&(p / name), out, h)
+            }
+        };
+        let qkv = if spec.fused_qkv {
+            QkvProj::Fused(proj("qkv_proj", q_out + 2 * kv_out)?)
+        } else {
+            QkvProj::Separate { q_proj: proj("q_proj", q_out)?, k_proj: proj("k_proj", kv_out)?, v_proj: proj("v_proj", kv_out)? }
+        };
+        let slides = c.sliding_layers.as_ref().is_none_or(|layers| layers.get(layer).copied().unwrap_or(false));
         Ok(Attention {
-            q_proj: ld.linear(&(p / "q_proj"), q_out, h)?,
-            k_proj: ld.linear(&(p / "k_proj"), kv_out, h)?,
-            v_proj: ld.linear(&(p / "v_proj"), kv_out, h)?,
+            qkv,
             o_proj: ld.linear(&(p / "o_proj"), h, q_out)?,
             num_heads: c.num_heads as i64,
             num_kv_heads: c.num_kv_heads as i64,
             head_dim: c.head_dim as i64,
-            sliding_window: c.sliding_window.map(|w| w as i64),
+            rotary_dim: c.rotary_dim as i64,
+            sliding_window: c.sliding_window.filter(|_| slides).map(|w| w as i64),
         })
+    }
+
+    /// `x * cos + rotate_half(x) * sin` on the first `rotary_dim` dimensions of each head, the rest passed
+    /// through (HF's `apply_rotary_pos_emb`, partial when `rotary_dim < head_dim`).
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        if self.rotary_dim == self.head_dim {
+            return x * cos + rotate_half(x) * sin;
+        }
+        let (r, pass) = (x.narrow(3, 0, self.rotary_dim), x.narrow(3, self.rotary_dim, self.head_dim - self.rotary_dim));
+        Tensor::cat(&[&r * cos + rotate_half(&r) * sin, pass], 3)
     }
 
     /// Attention output `[b, s, hidden]` for `x` `[b, s, hidden]` at positions `past ..` (cos/sin broadcast to
@@ -386,11 +591,18 @@ impl Attention {
         let size = x.size();
         let (b, s) = (size[0], size[1]);
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self.q_proj.forward(x).reshape([b, s, nh, hd]).transpose(1, 2);
-        let k = self.k_proj.forward(x).reshape([b, s, nkv, hd]).transpose(1, 2);
-        let mut v = self.v_proj.forward(x).reshape([b, s, nkv, hd]).transpose(1, 2);
-        let q = &q * cos + rotate_half(&q) * sin;
-        let mut k = &k * cos + rotate_half(&k) * sin;
+        let (q, k, v) = match &self.qkv {
+            QkvProj::Separate { q_proj, k_proj, v_proj } => (q_proj.forward(x), k_proj.forward(x), v_proj.forward(x)),
+            QkvProj::Fused(qkv) => {
+                let y = qkv.forward(x);
+                (y.narrow(2, 0, nh * hd), y.narrow(2, nh * hd, nkv * hd), y.narrow(2, (nh + nkv) * hd, nkv * hd))
+            }
+        };
+        let q = q.reshape([b, s, nh, hd]).transpose(1, 2);
+        let k = k.reshape([b, s, nkv, hd]).transpose(1, 2);
+        let mut v = v.reshape([b, s, nkv, hd]).transpose(1, 2);
+        let q = self.rotate(&q, cos, sin);
+        let mut k = self.rotate(&k, cos, sin);
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2);
@@ -458,27 +670,50 @@ impl Attention {
     }
 }
 
+/// The gate and up projections of the MLP: separate, or one fused `gate_up_proj` whose rows are the gate's,
+/// then the up projection's (Phi-3's `up_states.chunk(2, dim=-1)`).
+#[derive(Debug)]
+pub enum GateUpProj {
+    /// `gate_proj`, `up_proj`.
+    Separate {
+        /// The gate.
+        gate_proj: Linear,
+        /// The up projection.
+        up_proj: Linear,
+    },
+    /// `gate_up_proj`.
+    Fused(Linear),
+}
+
 /// The SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug)]
 pub struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    gate_up: GateUpProj,
     down_proj: Linear,
 }
 
 impl Mlp {
     fn load(p: &nn::Path, ld: &mut Loader, c: &LlamaConfig) -> Result<Self> {
         let (h, i) = (c.hidden_size as i64, c.intermediate_size as i64);
-        Ok(Mlp {
-            gate_proj: ld.linear(&(p / "gate_proj"), i, h)?,
-            up_proj: ld.linear(&(p / "up_proj"), i, h)?,
-            down_proj: ld.linear(&(p / "down_proj"), h, i)?,
-        })
+        let gate_up = if ld.ck.spec.fused_gate_up {
+            GateUpProj::Fused(ld.linear(&(p / "gate_up_proj"), 2 * i, h)?)
+        } else {
+            GateUpProj::Separate { gate_proj: ld.linear(&(p / "gate_proj"), i, h)?, up_proj: ld.linear(&(p / "up_proj"), i, h)? }
+        };
+        Ok(Mlp { gate_up, down_proj: ld.linear(&(p / "down_proj"), h, i)? })
     }
 
     /// The MLP output for `x` `[..., hidden]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+        let (gate, up) = match &self.gate_up {
+            GateUpProj::Separate { gate_proj, up_proj } => (gate_proj.forward(x), up_proj.forward(x)),
+            GateUpProj::Fused(gate_up) => {
+                let y = gate_up.forward(x);
+                let i = y.size()[y.dim() - 1] / 2;
+                (y.narrow(-1, 0, i), y.narrow(-1, i, i))
+            }
+        };
+        self.down_proj.forward(&(gate.silu() * up))
     }
 }
 
@@ -492,11 +727,11 @@ pub struct Block {
 }
 
 impl Block {
-    fn load(p: &nn::Path, ld: &mut Loader, c: &LlamaConfig) -> Result<Self> {
+    fn load(p: &nn::Path, ld: &mut Loader, c: &LlamaConfig, layer: usize) -> Result<Self> {
         let h = c.hidden_size as i64;
         Ok(Block {
             input_layernorm: RmsNorm::load(&(p / "input_layernorm"), ld, h, c.rms_norm_eps)?,
-            self_attn: Attention::load(&(p / "self_attn"), ld, c)?,
+            self_attn: Attention::load(&(p / "self_attn"), ld, c, layer)?,
             post_attention_layernorm: RmsNorm::load(&(p / "post_attention_layernorm"), ld, h, c.rms_norm_eps)?,
             mlp: Mlp::load(&(p / "mlp"), ld, c)?,
         })
@@ -516,25 +751,32 @@ impl Block {
         h + out
     }
 
-    /// The block's projections by their module names relative to the block.
-    fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+    /// The block's projections by their HF module names relative to the block (`self_attn.q_proj`, or
+    /// `self_attn.qkv_proj` and `mlp.gate_up_proj` for a fused architecture).
+    fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
         let (a, m) = (&mut self.self_attn, &mut self.mlp);
-        [
-            ("self_attn.q_proj", &mut a.q_proj),
-            ("self_attn.k_proj", &mut a.k_proj),
-            ("self_attn.v_proj", &mut a.v_proj),
-            ("self_attn.o_proj", &mut a.o_proj),
-            ("mlp.gate_proj", &mut m.gate_proj),
-            ("mlp.up_proj", &mut m.up_proj),
-            ("mlp.down_proj", &mut m.down_proj),
-        ]
+        let mut out = Vec::with_capacity(7);
+        match &mut a.qkv {
+            QkvProj::Separate { q_proj, k_proj, v_proj } => {
+                out.extend([("self_attn.q_proj", q_proj), ("self_attn.k_proj", k_proj), ("self_attn.v_proj", v_proj)])
+            }
+            QkvProj::Fused(qkv) => out.push(("self_attn.qkv_proj", qkv)),
+        }
+        out.push(("self_attn.o_proj", &mut a.o_proj));
+        match &mut m.gate_up {
+            GateUpProj::Separate { gate_proj, up_proj } => out.extend([("mlp.gate_proj", gate_proj), ("mlp.up_proj", up_proj)]),
+            GateUpProj::Fused(gate_up) => out.push(("mlp.gate_up_proj", gate_up)),
+        }
+        out.push(("mlp.down_proj", &mut m.down_proj));
+        out
     }
 }
 
-/// A Llama-family causal LM on libtorch (also Mistral, with a sliding window). Its weights live in a
-/// `VarStore` under their HF names; the blocks hold handles to them.
+/// A Llama-family causal LM on libtorch (Llama, Mistral, Qwen2, Phi-3: see [`ArchSpec`]). Its weights live in
+/// a `VarStore` under their HF names; the blocks hold handles to them.
 pub struct Llama {
     config: LlamaConfig,
+    spec: &'static ArchSpec,
     summary: ModelSummary,
     tokenizer: tokenizers::Tokenizer,
     vs: nn::VarStore,
@@ -547,9 +789,24 @@ pub struct Llama {
 }
 
 impl Llama {
+    /// Load an architecture whose checkpoint declares its own sliding window (Mistral, Qwen2, Phi-3): read the
+    /// checkpoint under `spec`, let [`LoadOptions::sliding_window`] override the window, validate, build.
+    pub fn load_windowed(
+        path: &Path,
+        spec: &'static ArchSpec,
+        options: &LoadOptions,
+    ) -> longrope_core::Result<Box<dyn LanguageModel>> {
+        let mut ck = Checkpoint::read(path, spec)?;
+        if let Some(window) = options.sliding_window {
+            ck.config.sliding_window = window;
+        }
+        ck.config.validate(&ck.path)?;
+        Ok(Box::new(Llama::from_checkpoint(ck, options)?))
+    }
+
     /// Build the model from a checkpoint: move weights to the device and dtype, check every shape, register
-    /// them in the model's `VarStore`. `arch` is the plugin name shown in the summary.
-    pub fn from_checkpoint(mut ck: Checkpoint, arch: &str, options: &LoadOptions) -> Result<Self> {
+    /// them in the model's `VarStore`.
+    pub fn from_checkpoint(mut ck: Checkpoint, options: &LoadOptions) -> Result<Self> {
         match options.dtype {
             Kind::Float | Kind::BFloat16 | Kind::Half => {}
             other => return Err(ModelError::invalid("dtype", format!("{other:?}: expected f32, bf16 or f16"))),
@@ -560,17 +817,18 @@ impl Llama {
         let root = vs.root();
         let model = &root / "model";
         let format = ck.format;
+        let spec = ck.spec;
         let weight_dtype = ck.weight_dtype.clone();
         let mut ld = Loader { ck: &mut ck, options };
         let embed_tokens = ld.take(&(&model / "embed_tokens"), "weight", &[v, h])?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
-            layers.push(Block::load(&(&model / "layers" / l), &mut ld, &c)?);
+            layers.push(Block::load(&(&model / "layers" / l), &mut ld, &c, l)?);
         }
         let norm = RmsNorm::load(&(&model / "norm"), &mut ld, h, c.rms_norm_eps)?;
         let lm_head = if c.tie_word_embeddings { None } else { Some(ld.take(&(&root / "lm_head"), "weight", &[v, h])?) };
         let summary = ModelSummary {
-            arch: arch.to_string(),
+            arch: spec.name.to_string(),
             format: format.to_string(),
             num_layers: c.num_layers,
             hidden_size: c.hidden_size,
@@ -585,10 +843,12 @@ impl Llama {
             weight_dtype,
             bos_token_id: c.bos_token_id,
             eos_token_id: c.eos_token_id,
-            rope_scaling: c.rope_scaling.clone(),
+            checkpoint_scaling: c.checkpoint_scaling.clone(),
+            rotary_dim: (c.rotary_dim != c.head_dim).then_some(c.rotary_dim),
         };
         Ok(Llama {
             config: c,
+            spec,
             summary,
             tokenizer: ck.tokenizer,
             vs,
@@ -617,13 +877,13 @@ impl Llama {
                 format!("{} layers of tables for a model of {} layers", tables.layers.len(), self.config.num_layers),
             ));
         }
-        let half = self.config.head_dim / 2;
+        let half = self.config.rotary_dim / 2;
         for (l, t) in tables.layers.iter().enumerate() {
             let bad = t.inv_freq.len() != half || t.retained.as_ref().is_some_and(|r| r.inv_freq.len() != half);
             if bad {
                 return Err(ModelError::invalid(
                     "rope tables",
-                    format!("layer {l}: expected {half} inverse frequencies (head_dim {})", self.config.head_dim),
+                    format!("layer {l}: expected {half} inverse frequencies (rotary dimensions {})", self.config.rotary_dim),
                 ));
             }
         }
@@ -644,7 +904,7 @@ impl Llama {
         Ok(tokens)
     }
 
-    /// Per-layer cos/sin `[b or 1, 1, s, head_dim]` for `positions` (`[s]` or `[b, s]`).
+    /// Per-layer cos/sin `[b or 1, 1, s, rotary_dim]` for `positions` (`[s]` or `[b, s]`).
     fn rotary_at(&self, tables: &LayerTables, positions: &Tensor) -> Result<Rotary> {
         self.check_tables(tables)?;
         let pos = positions.f_to_kind(Kind::Int64)?.f_to_device(self.device)?;
@@ -654,7 +914,7 @@ impl Llama {
             d => return Err(ModelError::invalid("positions", format!("expected [seq] or [batch, seq], got {d} dimensions"))),
         };
         let (pb, ps) = (pos.size()[0], pos.size()[1]);
-        let hd = self.config.head_dim as i64;
+        let hd = self.config.rotary_dim as i64;
         let mut made: Vec<(Arc<RopeTables>, Tensor, Tensor)> = Vec::new();
         let (mut cos, mut sin) = (Vec::with_capacity(tables.layers.len()), Vec::with_capacity(tables.layers.len()));
         for t in &tables.layers {
@@ -807,14 +1067,9 @@ impl Decoder for Llama {
     }
     fn hf_config(&self) -> serde_json::Value {
         let c = &self.config;
-        let arch = self.summary.arch.as_str();
-        let class = match arch {
-            "mistral" => "MistralForCausalLM",
-            _ => "LlamaForCausalLM",
-        };
         let mut doc = serde_json::json!({
-            "architectures": [class],
-            "model_type": arch,
+            "architectures": [self.spec.hf_class],
+            "model_type": self.spec.name,
             "vocab_size": c.vocab_size,
             "hidden_size": c.hidden_size,
             "intermediate_size": c.intermediate_size,
@@ -827,35 +1082,68 @@ impl Decoder for Llama {
             "rope_theta": c.rope_theta,
             "max_position_embeddings": c.max_position_embeddings,
             "tie_word_embeddings": c.tie_word_embeddings,
-            "attention_bias": false,
-            "mlp_bias": false,
             "bos_token_id": c.bos_token_id,
             "eos_token_id": c.eos_token_id,
         });
-        if arch == "mistral" {
-            doc["sliding_window"] = serde_json::json!(c.sliding_window);
+        if !self.spec.qkv_bias {
+            doc["attention_bias"] = false.into();
+            doc["mlp_bias"] = false.into();
+        }
+        if c.rotary_dim != c.head_dim {
+            doc["partial_rotary_factor"] = (c.rotary_dim as f64 / c.head_dim as f64).into();
+        }
+        match self.spec.sliding {
+            SlidingRule::Never => {}
+            SlidingRule::Always => doc["sliding_window"] = serde_json::json!(c.sliding_window),
+            SlidingRule::WhenUsed => {
+                doc["use_sliding_window"] = c.sliding_window.is_some().into();
+                doc["sliding_window"] = serde_json::json!(c.sliding_window);
+                let types: Vec<&str> = (0..c.num_layers)
+                    .map(|l| match &c.sliding_layers {
+                        Some(v) if v[l] => "sliding_attention",
+                        _ => "full_attention",
+                    })
+                    .collect();
+                doc["layer_types"] = serde_json::json!(types);
+            }
         }
         doc
     }
 }
 
+/// Llama's layout: separate projections without biases; llama.cpp permutes its Q/K rows in GGUF.
+pub static LLAMA: ArchSpec = ArchSpec {
+    name: LlamaArch::NAME,
+    hf_class: "LlamaForCausalLM",
+    qkv_bias: false,
+    fused_qkv: false,
+    fused_gate_up: false,
+    sliding: SlidingRule::Never,
+    gguf_sliding_window: true,
+    gguf_permuted_qk: true,
+    gguf_factors: GgufFactors::FreqsOrLongShort,
+    hf_rope_aliases: &[],
+    hf_original_default: None,
+};
+
 /// The `llama` architecture plugin.
 pub struct LlamaArch;
 
 impl ModelArch for LlamaArch {
-    fn name(&self) -> &'static str {
-        "llama"
-    }
     fn load(&self, path: &Path, options: &LoadOptions) -> longrope_core::Result<Box<dyn LanguageModel>> {
-        let mut ck = Checkpoint::read(path)?;
+        let mut ck = Checkpoint::read(path, &LLAMA)?;
         // Llama has no sliding window of its own; only an explicit override sets one.
         ck.config.sliding_window = options.sliding_window.flatten();
-        Ok(Box::new(Llama::from_checkpoint(ck, "llama", options)?))
+        Ok(Box::new(Llama::from_checkpoint(ck, options)?))
     }
 }
 
-longrope_core::inventory::submit!(longrope_core::model::ArchRegistration { name: "llama", arch: &LlamaArch });
-longrope_core::register_plugin!(Arch, "llama", "Llama (HF safetensors or GGUF): RMSNorm, GQA, SwiGLU, rotary attention");
+longrope_core::plugin! {
+    kind: Arch,
+    name: "llama",
+    summary: "Llama (HF safetensors or GGUF): RMSNorm, GQA, SwiGLU, rotary attention",
+    arch: LlamaArch,
+}
 
 #[cfg(test)]
 mod tests {
@@ -879,9 +1167,13 @@ mod tests {
 
     #[test]
     fn maps_gguf_names_to_hf() {
-        assert_eq!(hf_name("blk.12.attn_k.weight").as_deref(), Some("model.layers.12.self_attn.k_proj.weight"));
-        assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
-        assert_eq!(hf_name("blk.x.attn_k.weight"), None);
-        assert_eq!(hf_name("rope_freqs.weight"), None);
+        assert_eq!(hf_name("blk.12.attn_k.weight", &LLAMA).as_deref(), Some("model.layers.12.self_attn.k_proj.weight"));
+        assert_eq!(hf_name("blk.1.attn_q.bias", &LLAMA).as_deref(), Some("model.layers.1.self_attn.q_proj.bias"));
+        assert_eq!(hf_name("blk.0.ffn_up.weight", &LLAMA).as_deref(), Some("model.layers.0.mlp.up_proj.weight"));
+        assert_eq!(hf_name("blk.0.ffn_up.weight", &crate::phi3::PHI3).as_deref(), Some("model.layers.0.mlp.gate_up_proj.weight"));
+        assert_eq!(hf_name("blk.0.attn_qkv.weight", &crate::phi3::PHI3).as_deref(), Some("model.layers.0.self_attn.qkv_proj.weight"));
+        assert_eq!(hf_name("token_embd.weight", &LLAMA).as_deref(), Some("model.embed_tokens.weight"));
+        assert_eq!(hf_name("blk.x.attn_k.weight", &LLAMA), None);
+        assert_eq!(hf_name("rope_freqs.weight", &LLAMA), None);
     }
 }

@@ -11,24 +11,35 @@ use std::path::Path;
 use longrope_core::model::LoadOptions;
 use longrope_core::{LanguageModel, ModelArch};
 
-use crate::llama::{Checkpoint, Llama};
+use crate::llama::{ArchSpec, GgufFactors, Llama, SlidingRule};
+
+/// Mistral's layout: Llama's, every layer sliding.
+pub static MISTRAL: ArchSpec = ArchSpec {
+    name: MistralArch::NAME,
+    hf_class: "MistralForCausalLM",
+    qkv_bias: false,
+    fused_qkv: false,
+    fused_gate_up: false,
+    sliding: SlidingRule::Always,
+    gguf_sliding_window: true,
+    gguf_permuted_qk: true,
+    gguf_factors: GgufFactors::FreqsOrLongShort,
+    hf_rope_aliases: &[],
+    hf_original_default: None,
+};
 
 /// The `mistral` architecture plugin.
 pub struct MistralArch;
 
 impl ModelArch for MistralArch {
-    fn name(&self) -> &'static str {
-        "mistral"
-    }
     fn load(&self, path: &Path, options: &LoadOptions) -> longrope_core::Result<Box<dyn LanguageModel>> {
-        let mut ck = Checkpoint::read(path)?;
-        if let Some(window) = options.sliding_window {
-            ck.config.sliding_window = window;
-        }
-        ck.config.validate(&ck.path)?;
-        Ok(Box::new(Llama::from_checkpoint(ck, "mistral", options)?))
+        Llama::load_windowed(path, &MISTRAL, options)
     }
 }
 
-longrope_core::inventory::submit!(longrope_core::model::ArchRegistration { name: "mistral", arch: &MistralArch });
-longrope_core::register_plugin!(Arch, "mistral", "Mistral: Llama + sliding-window attention (window overridable)");
+longrope_core::plugin! {
+    kind: Arch,
+    name: "mistral",
+    summary: "Mistral: Llama + sliding-window attention (window overridable)",
+    arch: MistralArch,
+}

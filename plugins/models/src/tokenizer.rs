@@ -7,7 +7,7 @@
 //! from `tokenizer.ggml.pre`, mirroring llama.cpp's pre-tokenizer types:
 //! - `smollm`: digits split one by one, then the GPT-2 regex (SmolLM2's own `tokenizer.json`);
 //! - `gpt2` / `default` / absent: the GPT-2 regex;
-//! - `llama-bpe` / `llama3` / `llama-v3`: the Llama-3 regex.
+//! - `llama-bpe` / `llama3` / `llama-v3`: the Llama-3 regex; `qwen2`: the same with single digits.
 //! No prefix space is added; `tokenizer.ggml.add_bos_token` adds the BOS token in front.
 
 use std::path::Path;
@@ -25,6 +25,8 @@ use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, Value};
 
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's split (llama.cpp `LLAMA_VOCAB_PRE_TYPE_QWEN2`): the Llama-3 regex with single digits.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Load an HF `tokenizer.json`.
 pub fn from_file(path: &Path) -> Result<Tokenizer> {
@@ -65,14 +67,15 @@ pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
     let pre_tokenizer: PreTokenizerWrapper = match pre {
         "smollm" => Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into(),
         "gpt2" | "default" => ByteLevel::new(false, true, true).into(),
-        "llama-bpe" | "llama3" | "llama-v3" => {
-            let split = Split::new(SplitPattern::Regex(LLAMA3_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
+        "llama-bpe" | "llama3" | "llama-v3" | "qwen2" => {
+            let regex = if pre == "qwen2" { QWEN2_SPLIT } else { LLAMA3_SPLIT };
+            let split = Split::new(SplitPattern::Regex(regex.into()), SplitDelimiterBehavior::Isolated, false)
                 .map_err(|e| err(e.to_string()))?;
             Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
         }
         other => {
             return Err(err(format!(
-                "tokenizer.ggml.pre `{other}` is not supported (supported: smollm, gpt2, default, llama-bpe)"
+                "tokenizer.ggml.pre `{other}` is not supported (supported: smollm, gpt2, default, llama-bpe, qwen2)"
             )))
         }
     };

@@ -10,7 +10,8 @@
 use std::sync::Arc;
 
 use longrope_core::rope::base_inv_freq;
-use longrope_core::{register_plugin, PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
+use longrope_core::scaling::hf::{HfImport, HfRopeBlock};
+use longrope_core::{PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::checks;
@@ -25,18 +26,30 @@ pub struct DynamicNtkConfig {
     pub factor: Option<f64>,
 }
 
-#[typetag::serde(name = "dynamic-ntk")]
-impl ScalingConfig for DynamicNtkConfig {
-    fn validate(&self) -> longrope_core::Result<()> {
-        Ok(checks::factor_opt("dynamic-ntk", self.factor)?)
-    }
+/// HF `dynamic` (`_compute_dynamic_ntk_parameters`): `factor` (required); HF's `L` is the checkpoint's
+/// `max_position_embeddings`, whatever `original_max_position_embeddings` says.
+fn read_hf(b: &HfRopeBlock) -> longrope_core::Result<HfImport> {
+    let config = DynamicNtkConfig { factor: Some(b.required_number("factor")?) };
+    Ok(HfImport { config: Box::new(config), original_max_position_embeddings: b.max_position_embeddings })
+}
 
-    fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
-        self.validate()?;
-        checks::shape(shape)?;
-        check_head_dim("dynamic-ntk", shape)?;
-        let factor = checks::scale("dynamic-ntk", self.factor, shape)?;
-        Ok(Arc::new(DynamicNtk { factor }))
+longrope_core::plugin! {
+    kind: Scaling,
+    name: "dynamic-ntk",
+    summary: "dynamic NTK: base grows with the current length (HF `dynamic`)",
+    hf: { types: ["dynamic"], read: read_hf },
+    impl ScalingConfig for DynamicNtkConfig {
+        fn validate(&self) -> longrope_core::Result<()> {
+            Ok(checks::factor_opt("dynamic-ntk", self.factor)?)
+        }
+
+        fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
+            self.validate()?;
+            checks::shape(shape)?;
+            check_head_dim("dynamic-ntk", shape)?;
+            let factor = checks::scale("dynamic-ntk", self.factor, shape)?;
+            Ok(Arc::new(DynamicNtk { factor }))
+        }
     }
 }
 
@@ -59,7 +72,7 @@ impl DynamicNtk {
 
 impl PositionScaling for DynamicNtk {
     fn name(&self) -> &str {
-        "dynamic-ntk"
+        DynamicNtkConfig::NAME
     }
 
     fn tables(&self, ctx: &RopeContext) -> longrope_core::Result<RopeTables> {
@@ -76,4 +89,3 @@ impl PositionScaling for DynamicNtk {
     }
 }
 
-register_plugin!(Scaling, "dynamic-ntk", "dynamic NTK: base grows with the current length (HF `dynamic`)");

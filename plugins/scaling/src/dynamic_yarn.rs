@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use longrope_core::{register_plugin, PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
+use longrope_core::{PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::checks;
@@ -63,10 +63,10 @@ impl Default for DynamicYarnConfig {
     }
 }
 
-#[typetag::serde(name = "dynamic-yarn")]
-impl ScalingConfig for DynamicYarnConfig {
-    fn validate(&self) -> longrope_core::Result<()> {
-        YarnRamp::validated(
+impl DynamicYarnConfig {
+    /// The validated ramp and attention scaling of this config (field errors name `dynamic-yarn.FIELD`).
+    fn ramp(&self) -> longrope_core::Result<YarnRamp> {
+        Ok(YarnRamp::validated(
             "dynamic-yarn",
             self.beta_fast,
             self.beta_slow,
@@ -74,22 +74,24 @@ impl ScalingConfig for DynamicYarnConfig {
             self.attention_factor,
             self.mscale,
             self.mscale_all_dim,
-        )?;
-        Ok(())
+        )?)
     }
+}
 
-    fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
-        checks::shape(shape)?;
-        let ramp = YarnRamp::validated(
-            "dynamic-yarn",
-            self.beta_fast,
-            self.beta_slow,
-            self.truncate,
-            self.attention_factor,
-            self.mscale,
-            self.mscale_all_dim,
-        )?;
-        Ok(Arc::new(DynamicYarn { ramp }))
+longrope_core::plugin! {
+    kind: Scaling,
+    name: "dynamic-yarn",
+    summary: "dynamic YaRN: YaRN at s(l) = max(1, l/L) for the current length",
+    impl ScalingConfig for DynamicYarnConfig {
+        fn validate(&self) -> longrope_core::Result<()> {
+            self.ramp().map(|_| ())
+        }
+
+        fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
+            checks::shape(shape)?;
+            let ramp = self.ramp()?;
+            Ok(Arc::new(DynamicYarn { ramp }))
+        }
     }
 }
 
@@ -109,7 +111,7 @@ impl DynamicYarn {
 
 impl PositionScaling for DynamicYarn {
     fn name(&self) -> &str {
-        "dynamic-yarn"
+        DynamicYarnConfig::NAME
     }
 
     fn tables(&self, ctx: &RopeContext) -> longrope_core::Result<RopeTables> {
@@ -126,4 +128,3 @@ impl PositionScaling for DynamicYarn {
     }
 }
 
-register_plugin!(Scaling, "dynamic-yarn", "dynamic YaRN: YaRN at s(l) = max(1, l/L) for the current length");

@@ -84,14 +84,6 @@ pub enum ScalingError {
         /// What is wrong on that line.
         message: String,
     },
-    /// An HF `rope_scaling` block that cannot be read.
-    #[error("{origin}: {message}")]
-    HfConfig {
-        /// The file or a description of the block.
-        origin: String,
-        /// What is wrong.
-        message: String,
-    },
     /// An I/O error on a named file.
     #[error("{path}: {source}")]
     Io {

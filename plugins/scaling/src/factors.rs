@@ -6,7 +6,8 @@
 //!   `original_max_position_embeddings`, `attention_factor`), which HF transformers and vLLM run unchanged.
 //!
 //! [`factors_of`] turns the tables of any method into factors, so PI, NTK, YaRN ... can seed a LongRoPE search
-//! or be exported as a `longrope` block ([`hf_rope_scaling`]).
+//! or be exported as a `longrope` block ([`hf_rope_scaling`]); the `longrope` plugin reads such a block back
+//! (`longrope_core::scaling::hf::read_hf_config`).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -17,7 +18,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::checks;
 use crate::error::{Result, ScalingError};
-use crate::longrope::LongRopeConfig;
 
 /// Rescale factors: one row of `d/2` values shared by every layer, or one row per layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,40 +197,4 @@ pub fn method_factors(method: &dyn PositionScaling, shape: &RopeShape, seq_len: 
     } else {
         Ok(FactorTable::Shared(factors_of(&method.tables(&shape.at(seq_len, 0))?, shape)))
     }
-}
-
-/// Read an HF `rope_scaling` block of type `longrope` back into a [`LongRopeConfig`] (`long_factor` ->
-/// `factors`, `short_factor` -> `short_factors`, `attention_factor`, `factor`), with the block's
-/// `original_max_position_embeddings`. Accepts a whole `config.json` (reads its `rope_scaling`, or
-/// `rope_parameters`) or the block itself. `origin` names the source in errors.
-pub fn longrope_from_hf(doc: &serde_json::Value, origin: &str) -> Result<(LongRopeConfig, Option<usize>)> {
-    let err = |message: String| ScalingError::HfConfig { origin: origin.to_string(), message };
-    let block = doc.get("rope_scaling").or_else(|| doc.get("rope_parameters")).unwrap_or(doc);
-    let kind = block.get("rope_type").or_else(|| block.get("type")).and_then(|v| v.as_str());
-    if kind != Some("longrope") {
-        return Err(err(format!("expected a rope_scaling block with type `longrope`, got {kind:?}")));
-    }
-    let list = |key: &str| -> Result<Vec<f64>> {
-        let v = block.get(key).ok_or_else(|| err(format!("missing `{key}`")))?;
-        serde_json::from_value(v.clone()).map_err(|e| err(format!("`{key}`: {e}")))
-    };
-    let number = |key: &str| -> Result<Option<f64>> {
-        match block.get(key) {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| err(format!("`{key}` must be a number, got {v}"))),
-        }
-    };
-    let config = LongRopeConfig {
-        factors: Some(FactorTable::Shared(list("long_factor")?)),
-        short_factors: Some(FactorTable::Shared(list("short_factor")?)),
-        attention_factor: number("attention_factor")?,
-        factor: number("factor")?,
-        ..LongRopeConfig::default()
-    };
-    let original = block
-        .get("original_max_position_embeddings")
-        .or_else(|| doc.get("original_max_position_embeddings"))
-        .and_then(|v| v.as_u64())
-        .map(|v| v as usize);
-    Ok((config, original))
 }

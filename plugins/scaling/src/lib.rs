@@ -13,8 +13,12 @@
 //! | `longrope` | [`longrope`] | LongRoPE (microsoft/LongRoPE), HF `longrope` |
 //!
 //! [`factors`] reads/writes LongRoPE's factor CSV and exports HF `rope_scaling` blocks. Each method is a serde
-//! config (`#[serde(deny_unknown_fields)]`, `typetag` name = plugin name) whose `build` validates it against a
-//! [`longrope_core::RopeShape`] and returns the runtime [`longrope_core::PositionScaling`]. See `docs/scaling.md`.
+//! config (`#[serde(deny_unknown_fields)]`) declared once with `longrope_core::plugin!` (its name is the
+//! registry's and `typetag`'s), whose `build` validates it against a [`longrope_core::RopeShape`] and returns the
+//! runtime [`longrope_core::PositionScaling`]. A method HF has a `rope_type` for declares it with its reader of
+//! such blocks (`pi`: `linear`, `dynamic-ntk`: `dynamic`, `yarn`, `llama3`, `longrope`: `longrope`/`su`), which
+//! is how a checkpoint's own `rope_scaling` becomes one of these methods. The list of methods is the registry's
+//! (`longrope plugins`). See `docs/scaling.md`.
 
 mod checks;
 pub mod dynamic_ntk;
@@ -30,9 +34,6 @@ pub mod yarn;
 
 pub use error::ScalingError;
 pub use factors::FactorTable;
-
-/// The plugin names this crate registers (kind `scaling`), sorted.
-pub const PLUGIN_NAMES: [&str; 8] = ["dynamic-ntk", "dynamic-yarn", "llama3", "longrope", "none", "ntk", "pi", "yarn"];
 
 /// Referenced by the binary so the linker keeps this crate and its `inventory` registrations.
 pub fn link() {}

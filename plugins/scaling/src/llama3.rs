@@ -11,7 +11,8 @@
 use std::f64::consts::PI;
 use std::sync::Arc;
 
-use longrope_core::{register_plugin, PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
+use longrope_core::scaling::hf::{HfImport, HfRopeBlock};
+use longrope_core::{PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::checks;
@@ -51,31 +52,47 @@ impl Default for Llama3Config {
     }
 }
 
-#[typetag::serde(name = "llama3")]
-impl ScalingConfig for Llama3Config {
-    fn validate(&self) -> longrope_core::Result<()> {
-        checks::factor_opt("llama3", self.factor)?;
-        let why = "a wavelength ratio; larger ones put every band on one side";
-        checks::positive_at_most("llama3.low_freq_factor", self.low_freq_factor, MAX_SCALE, why)?;
-        checks::positive_at_most("llama3.high_freq_factor", self.high_freq_factor, MAX_SCALE, why)?;
-        Ok(())
-    }
+/// HF `llama3` (`_compute_llama3_parameters`): `factor`, `low_freq_factor` and `high_freq_factor` (all
+/// required, as HF indexes them); `L` = HF's `original_max_position_embeddings`.
+fn read_hf(b: &HfRopeBlock) -> longrope_core::Result<HfImport> {
+    let config = Llama3Config {
+        factor: Some(b.required_number("factor")?),
+        low_freq_factor: b.required_number("low_freq_factor")?,
+        high_freq_factor: b.required_number("high_freq_factor")?,
+    };
+    Ok(HfImport { config: Box::new(config), original_max_position_embeddings: b.original_max_position_embeddings })
+}
 
-    fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
-        self.validate()?;
-        checks::shape(shape)?;
-        let factor = checks::scale("llama3", self.factor, shape)?;
-        if self.high_freq_factor <= self.low_freq_factor {
-            return Err(ScalingError::invalid(
-                "llama3.high_freq_factor",
-                format!(
-                    "high_freq_factor ({}) must be greater than low_freq_factor ({})",
-                    self.high_freq_factor, self.low_freq_factor
-                ),
-            )
-            .into());
+longrope_core::plugin! {
+    kind: Scaling,
+    name: "llama3",
+    summary: "Llama 3.1: keep high, divide low frequencies by s, smooth band between",
+    hf: { types: ["llama3"], read: read_hf },
+    impl ScalingConfig for Llama3Config {
+        fn validate(&self) -> longrope_core::Result<()> {
+            checks::factor_opt("llama3", self.factor)?;
+            let why = "a wavelength ratio; larger ones put every band on one side";
+            checks::positive_at_most("llama3.low_freq_factor", self.low_freq_factor, MAX_SCALE, why)?;
+            checks::positive_at_most("llama3.high_freq_factor", self.high_freq_factor, MAX_SCALE, why)?;
+            Ok(())
         }
-        Ok(Arc::new(Llama3 { factor, low_freq_factor: self.low_freq_factor, high_freq_factor: self.high_freq_factor }))
+
+        fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
+            self.validate()?;
+            checks::shape(shape)?;
+            let factor = checks::scale("llama3", self.factor, shape)?;
+            if self.high_freq_factor <= self.low_freq_factor {
+                return Err(ScalingError::invalid(
+                    "llama3.high_freq_factor",
+                    format!(
+                        "high_freq_factor ({}) must be greater than low_freq_factor ({})",
+                        self.high_freq_factor, self.low_freq_factor
+                    ),
+                )
+                .into());
+            }
+            Ok(Arc::new(Llama3 { factor, low_freq_factor: self.low_freq_factor, high_freq_factor: self.high_freq_factor }))
+        }
     }
 }
 
@@ -92,7 +109,7 @@ pub struct Llama3 {
 
 impl PositionScaling for Llama3 {
     fn name(&self) -> &str {
-        "llama3"
+        Llama3Config::NAME
     }
 
     fn tables(&self, ctx: &RopeContext) -> longrope_core::Result<RopeTables> {
@@ -125,7 +142,6 @@ impl PositionScaling for Llama3 {
     }
 }
 
-register_plugin!(Scaling, "llama3", "Llama 3.1: keep high, divide low frequencies by s, smooth band between");
 
 #[cfg(test)]
 #[allow(clippy::needless_range_loop)] // the tests index dimensions by number, as the formulas do

@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use longrope_core::rope::RetainedStart;
-use longrope_core::{register_plugin, PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
+use longrope_core::scaling::hf::{HfImport, HfRopeBlock};
+use longrope_core::{PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::checks;
@@ -149,33 +150,53 @@ impl LongRopeConfig {
     }
 }
 
-#[typetag::serde(name = "longrope")]
-impl ScalingConfig for LongRopeConfig {
-    fn validate(&self) -> longrope_core::Result<()> {
-        checks::factor_opt("longrope", self.factor)?;
-        if let Some(f) = &self.factors {
-            f.check_values("longrope.factors", 1.0)?;
-        }
-        if let Some(f) = &self.short_factors {
-            f.check_values("longrope.short_factors", 1.0)?;
-        }
-        longrope_core::limits::int_in("longrope.n_hat", self.n_hat, 0, longrope_core::limits::MAX_CONTEXT, "retained start tokens")?;
-        if let Some(m) = self.attention_factor {
-            let max = longrope_core::limits::MAX_ATTN_FACTOR;
-            checks::positive_at_most("longrope.attention_factor", m, max, "an attention scale multiplying cos and sin")?;
-        }
-        Ok(())
-    }
+/// HF `longrope` and its old name `su` (`_compute_longrope_parameters`, `longrope_frequency_update`):
+/// `long_factor` -> `factors`, `short_factor` -> `short_factors` (switching at `l > L`), `factor` (absent:
+/// `L'/L`) and `attention_factor` (absent: `sqrt(1 + ln s / ln L)`, 1 when `s <= 1`: our `su` policy);
+/// `L` = HF's `original_max_position_embeddings`.
+fn read_hf(b: &HfRopeBlock) -> longrope_core::Result<HfImport> {
+    let config = LongRopeConfig {
+        factors: Some(FactorTable::Shared(b.required_list("long_factor")?)),
+        short_factors: Some(FactorTable::Shared(b.required_list("short_factor")?)),
+        attention_factor: b.number("attention_factor")?,
+        factor: b.number("factor")?,
+        ..LongRopeConfig::default()
+    };
+    Ok(HfImport { config: Box::new(config), original_max_position_embeddings: b.original_max_position_embeddings })
+}
 
-    fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
-        self.validate()?;
-        Ok(Arc::new(self.build_longrope(shape)?))
-    }
+longrope_core::plugin! {
+    kind: Scaling,
+    name: "longrope",
+    summary: "LongRoPE: searched per-dimension factors, n_hat, short/long, su attention",
+    hf: { types: ["longrope", "su"], read: read_hf },
+    impl ScalingConfig for LongRopeConfig {
+        fn validate(&self) -> longrope_core::Result<()> {
+            checks::factor_opt("longrope", self.factor)?;
+            if let Some(f) = &self.factors {
+                f.check_values("longrope.factors", 1.0)?;
+            }
+            if let Some(f) = &self.short_factors {
+                f.check_values("longrope.short_factors", 1.0)?;
+            }
+            longrope_core::limits::int_in("longrope.n_hat", self.n_hat, 0, longrope_core::limits::MAX_CONTEXT, "retained start tokens")?;
+            if let Some(m) = self.attention_factor {
+                let max = longrope_core::limits::MAX_ATTN_FACTOR;
+                checks::positive_at_most("longrope.attention_factor", m, max, "an attention scale multiplying cos and sin")?;
+            }
+            Ok(())
+        }
 
-    fn resolve_relative_paths(&mut self, base_dir: &Path) {
-        if let Some(p) = &self.factors_file {
-            if p.is_relative() {
-                self.factors_file = Some(base_dir.join(p));
+        fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
+            self.validate()?;
+            Ok(Arc::new(self.build_longrope(shape)?))
+        }
+
+        fn resolve_relative_paths(&mut self, base_dir: &Path) {
+            if let Some(p) = &self.factors_file {
+                if p.is_relative() {
+                    self.factors_file = Some(base_dir.join(p));
+                }
             }
         }
     }
@@ -223,7 +244,7 @@ impl LongRope {
 
 impl PositionScaling for LongRope {
     fn name(&self) -> &str {
-        "longrope"
+        LongRopeConfig::NAME
     }
 
     fn tables(&self, ctx: &RopeContext) -> longrope_core::Result<RopeTables> {
@@ -259,7 +280,6 @@ impl PositionScaling for LongRope {
     }
 }
 
-register_plugin!(Scaling, "longrope", "LongRoPE: searched per-dimension factors, n_hat, short/long, su attention");
 
 #[cfg(test)]
 mod tests {

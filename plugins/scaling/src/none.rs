@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use longrope_core::{register_plugin, PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
+use longrope_core::{PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::checks;
@@ -13,11 +13,15 @@ use crate::checks;
 #[serde(deny_unknown_fields)]
 pub struct NoneConfig {}
 
-#[typetag::serde(name = "none")]
-impl ScalingConfig for NoneConfig {
-    fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
-        checks::shape(shape)?;
-        Ok(Arc::new(NoScaling))
+longrope_core::plugin! {
+    kind: Scaling,
+    name: "none",
+    summary: "the model's own RoPE, unscaled (HF `default`)",
+    impl ScalingConfig for NoneConfig {
+        fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
+            checks::shape(shape)?;
+            Ok(Arc::new(NoScaling))
+        }
     }
 }
 
@@ -27,7 +31,7 @@ pub struct NoScaling;
 
 impl PositionScaling for NoScaling {
     fn name(&self) -> &str {
-        "none"
+        NoneConfig::NAME
     }
 
     fn tables(&self, ctx: &RopeContext) -> longrope_core::Result<RopeTables> {
@@ -39,4 +43,3 @@ impl PositionScaling for NoScaling {
     }
 }
 
-register_plugin!(Scaling, "none", "the model's own RoPE, unscaled (HF `default`)");

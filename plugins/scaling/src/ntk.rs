@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use longrope_core::rope::base_inv_freq;
-use longrope_core::{register_plugin, PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
+use longrope_core::{PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::checks;
@@ -40,18 +40,22 @@ pub(crate) fn check_head_dim(method: &str, shape: &RopeShape) -> crate::error::R
     Ok(())
 }
 
-#[typetag::serde(name = "ntk")]
-impl ScalingConfig for NtkConfig {
-    fn validate(&self) -> longrope_core::Result<()> {
-        Ok(checks::factor_opt("ntk", self.factor)?)
-    }
+longrope_core::plugin! {
+    kind: Scaling,
+    name: "ntk",
+    summary: "NTK-aware: RoPE base raised to b*s^(d/(d-2))",
+    impl ScalingConfig for NtkConfig {
+        fn validate(&self) -> longrope_core::Result<()> {
+            Ok(checks::factor_opt("ntk", self.factor)?)
+        }
 
-    fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
-        self.validate()?;
-        checks::shape(shape)?;
-        check_head_dim("ntk", shape)?;
-        let factor = checks::scale("ntk", self.factor, shape)?;
-        Ok(Arc::new(Ntk { factor }))
+        fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
+            self.validate()?;
+            checks::shape(shape)?;
+            check_head_dim("ntk", shape)?;
+            let factor = checks::scale("ntk", self.factor, shape)?;
+            Ok(Arc::new(Ntk { factor }))
+        }
     }
 }
 
@@ -64,7 +68,7 @@ pub struct Ntk {
 
 impl PositionScaling for Ntk {
     fn name(&self) -> &str {
-        "ntk"
+        NtkConfig::NAME
     }
 
     fn tables(&self, ctx: &RopeContext) -> longrope_core::Result<RopeTables> {
@@ -77,7 +81,6 @@ impl PositionScaling for Ntk {
     }
 }
 
-register_plugin!(Scaling, "ntk", "NTK-aware: RoPE base raised to b*s^(d/(d-2))");
 
 #[cfg(test)]
 mod tests {

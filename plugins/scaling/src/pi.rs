@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use longrope_core::{register_plugin, PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
+use longrope_core::scaling::hf::{HfImport, HfRopeBlock};
+use longrope_core::{PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::checks;
@@ -19,17 +20,29 @@ pub struct PiConfig {
     pub factor: Option<f64>,
 }
 
-#[typetag::serde(name = "pi")]
-impl ScalingConfig for PiConfig {
-    fn validate(&self) -> longrope_core::Result<()> {
-        Ok(checks::factor_opt("pi", self.factor)?)
-    }
+/// HF `linear` (`_compute_linear_scaling_rope_parameters`): `factor` (required). The original context is the
+/// checkpoint's `max_position_embeddings` (HF's `linear` has none of its own).
+fn read_hf(b: &HfRopeBlock) -> longrope_core::Result<HfImport> {
+    let config = PiConfig { factor: Some(b.required_number("factor")?) };
+    Ok(HfImport { config: Box::new(config), original_max_position_embeddings: b.max_position_embeddings })
+}
 
-    fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
-        self.validate()?;
-        checks::shape(shape)?;
-        let factor = checks::scale("pi", self.factor, shape)?;
-        Ok(Arc::new(Pi { factor }))
+longrope_core::plugin! {
+    kind: Scaling,
+    name: "pi",
+    summary: "Position Interpolation: every frequency divided by s (HF `linear`)",
+    hf: { types: ["linear"], read: read_hf },
+    impl ScalingConfig for PiConfig {
+        fn validate(&self) -> longrope_core::Result<()> {
+            Ok(checks::factor_opt("pi", self.factor)?)
+        }
+
+        fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
+            self.validate()?;
+            checks::shape(shape)?;
+            let factor = checks::scale("pi", self.factor, shape)?;
+            Ok(Arc::new(Pi { factor }))
+        }
     }
 }
 
@@ -42,7 +55,7 @@ pub struct Pi {
 
 impl PositionScaling for Pi {
     fn name(&self) -> &str {
-        "pi"
+        PiConfig::NAME
     }
 
     fn tables(&self, ctx: &RopeContext) -> longrope_core::Result<RopeTables> {
@@ -55,4 +68,3 @@ impl PositionScaling for Pi {
     }
 }
 
-register_plugin!(Scaling, "pi", "Position Interpolation: every frequency divided by s (HF `linear`)");

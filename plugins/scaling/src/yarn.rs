@@ -22,7 +22,8 @@
 use std::f64::consts::PI;
 use std::sync::Arc;
 
-use longrope_core::{register_plugin, PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
+use longrope_core::scaling::hf::{HfImport, HfRopeBlock};
+use longrope_core::{PositionScaling, RopeContext, RopeShape, RopeTables, ScalingConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::checks;
@@ -235,27 +236,32 @@ pub fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
     }
 }
 
-#[typetag::serde(name = "yarn")]
-impl ScalingConfig for YarnConfig {
-    fn validate(&self) -> longrope_core::Result<()> {
-        checks::factor_opt("yarn", self.factor)?;
-        YarnRamp::validated(
-            "yarn",
-            self.beta_fast,
-            self.beta_slow,
-            self.truncate,
-            self.attention_factor,
-            self.mscale,
-            self.mscale_all_dim,
-        )?;
-        Ok(())
-    }
+/// HF `yarn` (`_compute_yarn_parameters`), read as HF resolves it: `factor` (absent: `L'/L`), `beta_fast`
+/// and `beta_slow` (absent or 0: 32 and 1), `truncate` (default true), `attention_factor`, and `mscale` with
+/// `mscale_all_dim` only when both are non-zero; `L` = HF's `original_max_position_embeddings`.
+fn read_hf(b: &HfRopeBlock) -> longrope_core::Result<HfImport> {
+    let or_default = |v: Option<f64>, d: f64| v.filter(|x| *x != 0.0).unwrap_or(d);
+    let (mscale, mscale_all_dim) = match (b.number("mscale")?, b.number("mscale_all_dim")?) {
+        (Some(m), Some(a)) if m != 0.0 && a != 0.0 => (Some(m), Some(a)),
+        _ => (None, None),
+    };
+    let config = YarnConfig {
+        factor: b.number("factor")?,
+        beta_fast: or_default(b.number("beta_fast")?, default_beta_fast()),
+        beta_slow: or_default(b.number("beta_slow")?, default_beta_slow()),
+        truncate: b.boolean("truncate")?.unwrap_or(true),
+        attention_factor: b.number("attention_factor")?,
+        mscale,
+        mscale_all_dim,
+        blend: YarnBlend::InvFreq,
+    };
+    Ok(HfImport { config: Box::new(config), original_max_position_embeddings: b.original_max_position_embeddings })
+}
 
-    fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
-        self.validate()?;
-        checks::shape(shape)?;
-        let factor = checks::scale("yarn", self.factor, shape)?;
-        let ramp = YarnRamp::validated(
+impl YarnConfig {
+    /// The validated ramp and attention scaling of this config (field errors name `yarn.FIELD`).
+    fn ramp(&self) -> longrope_core::Result<YarnRamp> {
+        Ok(YarnRamp::validated(
             "yarn",
             self.beta_fast,
             self.beta_slow,
@@ -263,8 +269,28 @@ impl ScalingConfig for YarnConfig {
             self.attention_factor,
             self.mscale,
             self.mscale_all_dim,
-        )?;
-        Ok(Arc::new(Yarn { factor, ramp, blend: self.blend }))
+        )?)
+    }
+}
+
+longrope_core::plugin! {
+    kind: Scaling,
+    name: "yarn",
+    summary: "YaRN: NTK-by-parts ramp (beta_fast/beta_slow) + attention 0.1 ln s + 1",
+    hf: { types: ["yarn"], read: read_hf },
+    impl ScalingConfig for YarnConfig {
+        fn validate(&self) -> longrope_core::Result<()> {
+            checks::factor_opt("yarn", self.factor)?;
+            self.ramp().map(|_| ())
+        }
+
+        fn build(&self, shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
+            checks::factor_opt("yarn", self.factor)?;
+            let ramp = self.ramp()?;
+            checks::shape(shape)?;
+            let factor = checks::scale("yarn", self.factor, shape)?;
+            Ok(Arc::new(Yarn { factor, ramp, blend: self.blend }))
+        }
     }
 }
 
@@ -281,7 +307,7 @@ pub struct Yarn {
 
 impl PositionScaling for Yarn {
     fn name(&self) -> &str {
-        "yarn"
+        YarnConfig::NAME
     }
 
     fn tables(&self, ctx: &RopeContext) -> longrope_core::Result<RopeTables> {
@@ -299,7 +325,6 @@ impl PositionScaling for Yarn {
     }
 }
 
-register_plugin!(Scaling, "yarn", "YaRN: NTK-by-parts ramp (beta_fast/beta_slow) + attention 0.1 ln s + 1");
 
 #[cfg(test)]
 #[allow(clippy::needless_range_loop)] // the tests index dimensions by number, as the formulas do

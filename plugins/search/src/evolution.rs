@@ -12,7 +12,7 @@
 //! 64 + 40 * 32 = 1344 evaluations with the reference defaults.
 
 use longrope_core::search::{Candidate, Scored};
-use longrope_core::{register_plugin, SearchStrategy};
+use longrope_core::{SearchStrategy};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,6 @@ use crate::config::{SearchConfig, SearchContext};
 use crate::error::{Result, SearchError};
 use crate::space::{Genome, SearchSpace, Seen};
 
-register_plugin!(Search, "evolution", "LongRoPE evolution search of per-dimension factors (dim_mono, dim_piece_mono)");
 
 /// How many mutation passes (or random draws) to try before declaring the space exhausted.
 const MAX_TRIES: usize = 10_000;
@@ -153,35 +152,39 @@ impl EvolutionConfig {
     }
 }
 
-#[typetag::serde(name = "evolution")]
-impl SearchConfig for EvolutionConfig {
-    fn budget(&self) -> usize {
-        let z = self.sizes();
-        z.population + z.iterations * (z.mutations + z.crossovers)
-    }
-
-    fn build(&self, ctx: &SearchContext) -> Result<Box<dyn SearchStrategy>> {
-        let sizes = self.validate()?;
-        let mut seeds = Vec::new();
-        for s in &ctx.seeds {
-            seeds.push(ctx.space.genome_from_factors(&s.factors, Some(s.attn_factor)).map_err(|e| {
-                SearchError::invalid(format!("seed `{}`", s.name), e.to_string())
-            })?);
+longrope_core::plugin! {
+    kind: Search,
+    name: "evolution",
+    summary: "LongRoPE evolution search of per-dimension factors (dim_mono, dim_piece_mono)",
+    impl SearchConfig for EvolutionConfig {
+        fn budget(&self) -> usize {
+            let z = self.sizes();
+            z.population + z.iterations * (z.mutations + z.crossovers)
         }
-        Ok(Box::new(Evolution {
-            space: ctx.space.clone(),
-            sizes,
-            p: self.mutation_probability,
-            seeds,
-            budget: self.budget(),
-            st: EvolutionState {
-                rng: ChaCha8Rng::seed_from_u64(ctx.seed),
-                generation: 0,
-                population: Vec::new(),
-                pending: Vec::new(),
-                seen: Seen::new(),
-            },
-        }))
+
+        fn build(&self, ctx: &SearchContext) -> Result<Box<dyn SearchStrategy>> {
+            let sizes = self.validate()?;
+            let mut seeds = Vec::new();
+            for s in &ctx.seeds {
+                seeds.push(ctx.space.genome_from_factors(&s.factors, Some(s.attn_factor)).map_err(|e| {
+                    SearchError::invalid(format!("seed `{}`", s.name), e.to_string())
+                })?);
+            }
+            Ok(Box::new(Evolution {
+                space: ctx.space.clone(),
+                sizes,
+                p: self.mutation_probability,
+                seeds,
+                budget: self.budget(),
+                st: EvolutionState {
+                    rng: ChaCha8Rng::seed_from_u64(ctx.seed),
+                    generation: 0,
+                    population: Vec::new(),
+                    pending: Vec::new(),
+                    seen: Seen::new(),
+                },
+            }))
+        }
     }
 }
 
@@ -312,7 +315,7 @@ impl Evolution {
 
 impl SearchStrategy for Evolution {
     fn name(&self) -> &str {
-        "evolution"
+        EvolutionConfig::NAME
     }
 
     fn propose(&mut self) -> longrope_core::Result<Vec<Candidate>> {

@@ -11,14 +11,13 @@
 //! are skipped and the lattice is refined (`n + 1`, ...) until `budget` distinct candidates exist.
 
 use longrope_core::search::{Candidate, Scored};
-use longrope_core::{register_plugin, SearchStrategy};
+use longrope_core::{SearchStrategy};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{SearchConfig, SearchContext};
 use crate::error::{Result, SearchError};
 use crate::space::{Genome, SearchSpace, Seen, SpaceKind};
 
-register_plugin!(Search, "grid", "regular grid over ramp-shaped factor curves, the same evaluation budget");
 
 fn d_batch() -> usize {
     16
@@ -35,22 +34,26 @@ pub struct GridConfig {
     pub batch_size: usize,
 }
 
-#[typetag::serde(name = "grid")]
-impl SearchConfig for GridConfig {
-    fn budget(&self) -> usize {
-        self.budget
-    }
-
-    fn build(&self, ctx: &SearchContext) -> Result<Box<dyn SearchStrategy>> {
-        if self.batch_size == 0 {
-            return Err(SearchError::invalid("grid.batch_size", "must be at least 1"));
+longrope_core::plugin! {
+    kind: Search,
+    name: "grid",
+    summary: "regular grid over ramp-shaped factor curves, the same evaluation budget",
+    impl SearchConfig for GridConfig {
+        fn budget(&self) -> usize {
+            self.budget
         }
-        Ok(Box::new(GridSearch {
-            points: grid_points(&ctx.space, self.budget)?,
-            space: ctx.space.clone(),
-            batch_size: self.batch_size,
-            st: GridState { next: 0, pending: 0 },
-        }))
+
+        fn build(&self, ctx: &SearchContext) -> Result<Box<dyn SearchStrategy>> {
+            if self.batch_size == 0 {
+                return Err(SearchError::invalid("grid.batch_size", "must be at least 1"));
+            }
+            Ok(Box::new(GridSearch {
+                points: grid_points(&ctx.space, self.budget)?,
+                space: ctx.space.clone(),
+                batch_size: self.batch_size,
+                st: GridState { next: 0, pending: 0 },
+            }))
+        }
     }
 }
 
@@ -158,7 +161,7 @@ pub struct GridSearch {
 
 impl SearchStrategy for GridSearch {
     fn name(&self) -> &str {
-        "grid"
+        GridConfig::NAME
     }
 
     fn propose(&mut self) -> longrope_core::Result<Vec<Candidate>> {

@@ -4,7 +4,7 @@
 //! at the same budget. It does not use the seeds.
 
 use longrope_core::search::{Candidate, Scored};
-use longrope_core::{register_plugin, SearchStrategy};
+use longrope_core::{SearchStrategy};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,6 @@ use crate::config::{SearchConfig, SearchContext};
 use crate::error::{Result, SearchError};
 use crate::space::{Genome, SearchSpace, Seen};
 
-register_plugin!(Search, "random", "uniform random monotone factors, the same evaluation budget as the evolution");
 
 const MAX_TRIES: usize = 10_000;
 
@@ -32,22 +31,26 @@ pub struct RandomConfig {
     pub batch_size: usize,
 }
 
-#[typetag::serde(name = "random")]
-impl SearchConfig for RandomConfig {
-    fn budget(&self) -> usize {
-        self.budget
-    }
-
-    fn build(&self, ctx: &SearchContext) -> Result<Box<dyn SearchStrategy>> {
-        if self.batch_size == 0 {
-            return Err(SearchError::invalid("random.batch_size", "must be at least 1"));
+longrope_core::plugin! {
+    kind: Search,
+    name: "random",
+    summary: "uniform random monotone factors, the same evaluation budget as the evolution",
+    impl SearchConfig for RandomConfig {
+        fn budget(&self) -> usize {
+            self.budget
         }
-        Ok(Box::new(RandomSearch {
-            space: ctx.space.clone(),
-            budget: self.budget,
-            batch_size: self.batch_size,
-            st: RandomState { rng: ChaCha8Rng::seed_from_u64(ctx.seed), observed: 0, pending: Vec::new(), seen: Seen::new() },
-        }))
+
+        fn build(&self, ctx: &SearchContext) -> Result<Box<dyn SearchStrategy>> {
+            if self.batch_size == 0 {
+                return Err(SearchError::invalid("random.batch_size", "must be at least 1"));
+            }
+            Ok(Box::new(RandomSearch {
+                space: ctx.space.clone(),
+                budget: self.budget,
+                batch_size: self.batch_size,
+                st: RandomState { rng: ChaCha8Rng::seed_from_u64(ctx.seed), observed: 0, pending: Vec::new(), seen: Seen::new() },
+            }))
+        }
     }
 }
 
@@ -70,7 +73,7 @@ pub struct RandomSearch {
 
 impl SearchStrategy for RandomSearch {
     fn name(&self) -> &str {
-        "random"
+        RandomConfig::NAME
     }
 
     fn propose(&mut self) -> longrope_core::Result<Vec<Candidate>> {

@@ -70,7 +70,7 @@ pub fn seed_from_method(spec: &str, shape: &RopeShape) -> Result<Seed> {
 mod tests {
     use std::sync::Arc;
 
-    use longrope_core::{register_plugin, PositionScaling, RopeContext, RopeTables, ScalingConfig};
+    use longrope_core::{PositionScaling, RopeContext, RopeTables, ScalingConfig};
 
     use super::*;
 
@@ -78,10 +78,14 @@ mod tests {
     #[derive(Debug, Serialize, Deserialize)]
     struct TestPi {}
 
-    #[typetag::serde(name = "search-test-pi")]
-    impl ScalingConfig for TestPi {
-        fn build(&self, _shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
-            Ok(Arc::new(TestPiMethod))
+    longrope_core::plugin! {
+        kind: Scaling,
+        name: "search-test-pi",
+        summary: "test stand-in for PI",
+        impl ScalingConfig for TestPi {
+            fn build(&self, _shape: &RopeShape) -> longrope_core::Result<Arc<dyn PositionScaling>> {
+                Ok(Arc::new(TestPiMethod))
+            }
         }
     }
 
@@ -90,15 +94,13 @@ mod tests {
 
     impl PositionScaling for TestPiMethod {
         fn name(&self) -> &str {
-            "search-test-pi"
+            TestPi::NAME
         }
         fn tables(&self, ctx: &RopeContext) -> longrope_core::Result<RopeTables> {
             let s = ctx.shape.scale();
             Ok(RopeTables::new(ctx.shape.base_inv_freq().iter().map(|f| f / s).collect(), 1.25))
         }
     }
-
-    register_plugin!(Scaling, "search-test-pi", "test stand-in for PI");
 
     fn shape() -> RopeShape {
         RopeShape {

@@ -32,7 +32,8 @@ pub struct Args {
     /// Not needed by `passkey`.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// RoPE scaling: a plugin name or a TOML file (default `none`: the model's own RoPE).
+    /// RoPE scaling: a plugin name or a TOML file, replacing the checkpoint's own method if it has one; `checkpoint`
+    /// for the checkpoint's own (its `rope_scaling`); default: the checkpoint's own, else `none` (the model's RoPE).
     #[arg(long)]
     scaling: Option<String>,
     /// Target context `L'` of the scaling (default: the longest length, at least the trained context).

@@ -20,7 +20,8 @@ pub struct Args {
     /// How many tokens to generate at most.
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
-    /// RoPE scaling: a plugin name or a TOML file (default: the model's own RoPE).
+    /// RoPE scaling: a plugin name or a TOML file, replacing the checkpoint's own method if it has one; `checkpoint`
+    /// for the checkpoint's own (its `rope_scaling`); default: the checkpoint's own, else `none` (the model's RoPE).
     #[arg(long)]
     scaling: Option<String>,
     /// Target context `L'` the scaling extends to (default: the model's trained context).

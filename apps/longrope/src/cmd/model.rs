@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use longrope_core::device::{parse_device, parse_dtype};
 use longrope_core::model::{LanguageModel, LoadOptions};
-use longrope_core::scaling::{load_scaling_config, LayerTables, RopeSchedule};
+use longrope_core::scaling::{run_scaling, LayerTables, RopeSchedule, ScalingRequest, ScalingSource};
 
 /// Arguments of `longrope model`.
 #[derive(Debug, clap::Args)]
@@ -63,8 +63,11 @@ fn info(args: InfoArgs) -> Result<()> {
         println!("sliding window   {w}");
     }
     println!("tied embeddings  {}", s.tied_embeddings);
-    if let Some(block) = &s.rope_scaling {
-        println!("rope scaling     {} (checkpoint's own; pass --scaling to use it)", block);
+    if let Some(cs) = &s.checkpoint_scaling {
+        println!("rope scaling     {} (`{}` in {})", cs.method, cs.kind, cs.source);
+        println!("  contexts       L = {}, L' = {}", cs.original_max_position_embeddings, cs.max_position_embeddings);
+        println!("  as our config  {}", cs.config);
+        println!("  applied        by default; --scaling NAME|FILE replaces it, --scaling none runs the unscaled RoPE");
     }
     println!("weights          {}", s.weight_dtype);
     Ok(())
@@ -81,23 +84,24 @@ pub fn load_model(
     longrope_models::load(path, &options).with_context(|| format!("loading model {}", path.display()))
 }
 
-/// The RoPE schedule of `--scaling CONFIG` (default `none`: the model's own RoPE) for a target context
-/// `target` (default: the model's trained context). A checkpoint that carries its own `rope_scaling` (an
-/// exported fine-tune, a long-context release) needs `--scaling`: it is not applied implicitly, and `none`
-/// would silently evaluate the unscaled base RoPE.
+/// The RoPE schedule of a run (`longrope_core::scaling::run_scaling`): `--scaling CONFIG` for a target context
+/// `target` (default: the model's trained context `L`); without `--scaling`, the checkpoint's own method (HF
+/// `rope_scaling` / `rope_parameters`, GGUF `rope.scaling.*`) bound to the contexts it declares, else `none`.
+/// `--scaling checkpoint` asks for the checkpoint's own method explicitly. When an explicit method replaces the
+/// checkpoint's own, or the checkpoint's own is used, a line on stderr says so.
 pub fn schedule(model: &dyn LanguageModel, scaling: Option<&str>, target: Option<usize>) -> Result<RopeSchedule> {
     let s = model.summary();
-    if let (None, Some(block)) = (scaling, &s.rope_scaling) {
-        let kind = block.get("rope_type").or_else(|| block.get("type")).and_then(|t| t.as_str()).unwrap_or("?");
-        anyhow::bail!(
-            "the checkpoint's config.json carries its own rope_scaling (type `{kind}`), which is not applied implicitly: \
-             pass --scaling with the method it was made with (e.g. the fine-tune's scaling TOML), or --scaling none for the unscaled RoPE"
-        );
+    let spec = scaling.unwrap_or("(default)");
+    let request = ScalingRequest::from_spec(scaling).with_context(|| format!("--scaling {spec}"))?;
+    let run = run_scaling(s, request, target.unwrap_or(s.original_context())).with_context(|| format!("--scaling {spec}"))?;
+    if let Some(note) = &run.note {
+        eprintln!("note: --scaling {spec} {note}");
+    } else if run.source == ScalingSource::Checkpoint {
+        if let Some(cs) = &s.checkpoint_scaling {
+            eprintln!("note: using the checkpoint's own RoPE scaling {}", cs.describe());
+        }
     }
-    let shape = s.rope_shape(target.unwrap_or(s.original_context()));
-    let spec = scaling.unwrap_or("none");
-    let config = load_scaling_config(spec).with_context(|| format!("--scaling {spec}"))?;
-    RopeSchedule::new(config.as_ref(), shape).with_context(|| format!("--scaling {spec}"))
+    Ok(run.schedule)
 }
 
 /// The model's own RoPE tables for every layer (no scaling).

@@ -17,11 +17,13 @@ build: setup
 
 # The integration tests in tests/ run the `longrope` binary and the example plugin libraries, which
 # `cargo test` alone does not build (they belong to other workspace packages): build the workspace first.
-# The storage tests also run against a real PostgreSQL server, installed (if missing) and started on a local
-# port by scripts/postgres.sh, and stopped afterwards (docs/distributed.md).
+# The storage and distributed tests run against SQLite and against a real PostgreSQL server, installed (if
+# missing) and started on a local port by scripts/postgres.sh, and stopped afterwards (docs/distributed.md).
+# The PostgreSQL tests are #[ignore]d for a plain `cargo test`; here --include-ignored runs them, and a server
+# that is missing or unreachable fails them.
 test: assets
 	cargo build --workspace
-	url=$$(scripts/postgres.sh start) && LONGROPE_TEST_POSTGRES=$$url cargo test --workspace; \
+	url=$$(scripts/postgres.sh start) && LONGROPE_TEST_POSTGRES=$$url cargo test --workspace -- --include-ignored; \
 	  rc=$$?; scripts/postgres.sh stop; exit $$rc
 
 demo: assets build

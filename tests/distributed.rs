@@ -1,6 +1,7 @@
 //! A search run by several processes through a database (`longrope search --storage URL --study NAME`,
-//! `longrope worker --storage URL`) on the tiny random Llama, against SQLite (always) and PostgreSQL (when
-//! `LONGROPE_TEST_POSTGRES` names a server, as `make test` does after starting one):
+//! `longrope worker --storage URL`) on the tiny random Llama, against SQLite (`NAME::sqlite`) and PostgreSQL
+//! (`NAME::postgres`: ignored by a plain `cargo test`; `make test` starts a server with `scripts/postgres.sh`
+//! and runs them, failing when the server is missing):
 //! - 3 workers finish a study with no trial evaluated twice, and the exported result equals the one-process
 //!   search's (history, best factors);
 //! - a worker killed with `kill -9` mid-trial has its trial re-run by another worker, nothing lost;
@@ -24,14 +25,41 @@ fn tmp(name: &str) -> PathBuf {
     dir
 }
 
-/// The databases under test, one fresh per call: SQLite in `dir`, and the test run's PostgreSQL server.
-fn storages(dir: &Path) -> Vec<String> {
-    let mut out = vec![format!("sqlite:{}", dir.join("studies.db").display())];
-    if let Some(pg) = std::env::var("LONGROPE_TEST_POSTGRES").ok().filter(|s| !s.is_empty()) {
-        out.push(pg);
-    }
-    out
+/// The PostgreSQL server of the test run (`LONGROPE_TEST_POSTGRES`). Its tests are `#[ignore]`d, so a plain
+/// `cargo test` lists them as ignored; `make test` starts a server and runs them with `--include-ignored`, and
+/// there a missing URL fails them.
+fn postgres_url() -> String {
+    std::env::var("LONGROPE_TEST_POSTGRES").ok().filter(|s| !s.is_empty()).expect(
+        "LONGROPE_TEST_POSTGRES is not set: this test needs a PostgreSQL server (`make test` starts one with \
+         scripts/postgres.sh; or LONGROPE_TEST_POSTGRES=$(scripts/postgres.sh start) cargo test -- --include-ignored)",
+    )
 }
+
+/// Each test `NAME(url, dir)` becomes `NAME::sqlite` (a fresh database in its directory) and `NAME::postgres`.
+macro_rules! on_each_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                let dir = super::tmp(concat!(stringify!($name), "-sqlite"));
+                super::$name(&format!("sqlite:{}", dir.join("studies.db").display()), &dir);
+            }
+            #[test]
+            #[ignore = "needs PostgreSQL: run by `make test` (LONGROPE_TEST_POSTGRES, --include-ignored)"]
+            fn postgres() {
+                let dir = super::tmp(concat!(stringify!($name), "-pg"));
+                super::$name(&super::postgres_url(), &dir);
+            }
+        }
+    )*};
+}
+
+on_each_backend!(
+    three_workers_finish_a_study_like_one_process,
+    a_killed_workers_trial_is_rerun_by_another,
+    a_late_worker_joins_and_finishes_work,
+    another_config_or_a_missing_study_is_one_clear_error,
+);
 
 /// A study name unique to this test process (a PostgreSQL database is shared by every test).
 fn study_name(test: &str, url: &str) -> String {
@@ -147,127 +175,117 @@ fn assert_same_as_baseline(exported: &Path) {
     }
 }
 
-#[test]
-fn three_workers_finish_a_study_like_one_process() {
+fn three_workers_finish_a_study_like_one_process(url: &str, dir: &Path) {
     let (_, base) = baseline();
-    let dir = tmp("three");
-    let cfg = search_config(&dir, 5);
-    for url in storages(&dir) {
-        let study = study_name("three", &url);
-        create_study(&cfg, &url, &study, &dir.join("created"), &[]);
-        let logs: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("w{i}-{}.log", &study))).collect();
-        let workers: Vec<Child> = logs.iter().map(|l| spawn_worker(&url, &study, l, &["--trial-delay-ms", "500"])).collect();
-        let mut all = Vec::new();
-        let mut per_worker = Vec::new();
-        for (w, log) in workers.into_iter().zip(&logs) {
-            let text = wait_ok(w, log);
-            let done = completed_trials(&text);
-            per_worker.push(done.len());
-            all.extend(done);
-        }
-        let unique: HashSet<u64> = all.iter().copied().collect();
-        assert_eq!(unique.len(), all.len(), "{url}: a trial was evaluated twice: {all:?}");
-        assert_eq!(all.len(), base.len(), "{url}: every trial evaluated once ({per_worker:?} per worker)");
-        assert!(per_worker.iter().filter(|&&n| n > 0).count() >= 2, "{url}: the work was shared: {per_worker:?}");
-        let st = status(&url, &study);
-        assert_eq!(st["state"], "finished", "{url}: {st}");
-        assert_eq!(st["retried"], 0, "{url}: {st}");
-        assert_eq!(st["complete"].as_u64(), Some(base.len() as u64));
-        let exported = dir.join(format!("export-{study}"));
-        export(&url, &study, &exported);
-        assert_same_as_baseline(&exported);
-        let listed = ok(&longrope(&["study", "list", "--storage", &url]));
-        assert!(listed.contains(&study) && listed.contains("finished"), "{listed}");
+    let cfg = search_config(dir, 5);
+    let study = study_name("three", url);
+    create_study(&cfg, url, &study, &dir.join("created"), &[]);
+    let logs: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("w{i}-{}.log", &study))).collect();
+    let workers: Vec<Child> = logs.iter().map(|l| spawn_worker(url, &study, l, &["--trial-delay-ms", "500"])).collect();
+    let mut all = Vec::new();
+    let mut per_worker = Vec::new();
+    for (w, log) in workers.into_iter().zip(&logs) {
+        let text = wait_ok(w, log);
+        let done = completed_trials(&text);
+        per_worker.push(done.len());
+        all.extend(done);
     }
+    let unique: HashSet<u64> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "{url}: a trial was evaluated twice: {all:?}");
+    assert_eq!(all.len(), base.len(), "{url}: every trial evaluated once ({per_worker:?} per worker)");
+    assert!(per_worker.iter().filter(|&&n| n > 0).count() >= 2, "{url}: the work was shared: {per_worker:?}");
+    let st = status(url, &study);
+    assert_eq!(st["state"], "finished", "{url}: {st}");
+    assert_eq!(st["retried"], 0, "{url}: {st}");
+    assert_eq!(st["complete"].as_u64(), Some(base.len() as u64));
+    let exported = dir.join(format!("export-{study}"));
+    export(url, &study, &exported);
+    assert_same_as_baseline(&exported);
+    let listed = ok(&longrope(&["study", "list", "--storage", url]));
+    assert!(listed.contains(&study) && listed.contains("finished"), "{listed}");
+}
+
+fn a_killed_workers_trial_is_rerun_by_another(url: &str, dir: &Path) {
+    let cfg = search_config(dir, 5);
+    let study = study_name("kill", url);
+    create_study(&cfg, url, &study, &dir.join("created"), &["--grace-seconds", "3"]);
+    // This worker claims a trial and then sleeps in it (heart-beating) until it is killed.
+    let victim_log = dir.join(format!("victim-{study}.log"));
+    let mut victim = spawn_worker(url, &study, &victim_log, &["--trial-delay-ms", "600000"]);
+    let start = Instant::now();
+    let held = loop {
+        let st = status(url, &study);
+        if let Some(t) = st["running_trials"].as_array().and_then(|r| r.first()) {
+            break t["number"].as_u64().unwrap();
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "the worker never claimed a trial: {st}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    victim.kill().unwrap(); // SIGKILL
+    victim.wait().unwrap();
+    let logs: Vec<PathBuf> = (0..2).map(|i| dir.join(format!("rescue{i}-{study}.log"))).collect();
+    let rescuers: Vec<Child> = logs.iter().map(|l| spawn_worker(url, &study, l, &[])).collect();
+    let mut all = Vec::new();
+    for (w, log) in rescuers.into_iter().zip(&logs) {
+        all.extend(completed_trials(&wait_ok(w, log)));
+    }
+    assert!(all.contains(&held), "{url}: trial {held} of the killed worker was re-run: {all:?}");
+    let unique: HashSet<u64> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "{url}: {all:?}");
+    let st = status(url, &study);
+    assert_eq!(st["state"], "finished", "{url}: {st}");
+    assert!(st["retried"].as_u64().unwrap_or(0) >= 1, "{url}: the killed worker's trial needed a second attempt: {st}");
+    let exported = dir.join(format!("export-{study}"));
+    export(url, &study, &exported);
+    assert_same_as_baseline(&exported);
+}
+
+fn a_late_worker_joins_and_finishes_work(url: &str, dir: &Path) {
+    let cfg = search_config(dir, 5);
+    let study = study_name("late", url);
+    create_study(&cfg, url, &study, &dir.join("created"), &[]);
+    let first_log = dir.join(format!("first-{study}.log"));
+    let first = spawn_worker(url, &study, &first_log, &["--trial-delay-ms", "300"]);
+    let start = Instant::now();
+    while status(url, &study)["complete"].as_u64().unwrap_or(0) < 3 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let late_log = dir.join(format!("late-{study}.log"));
+    let late = spawn_worker(url, &study, &late_log, &["--trial-delay-ms", "300"]);
+    let a = completed_trials(&wait_ok(first, &first_log));
+    let b = completed_trials(&wait_ok(late, &late_log));
+    assert!(!b.is_empty(), "{url}: the late worker evaluated nothing (first: {a:?})");
+    let mut all: Vec<u64> = a.iter().chain(&b).copied().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), a.len() + b.len(), "{url}: a trial was evaluated twice");
+    let exported = dir.join(format!("export-{study}"));
+    export(url, &study, &exported);
+    assert_same_as_baseline(&exported);
+    let by_worker: BTreeMap<String, u64> = serde_json::from_value(status(url, &study)["by_worker"].clone()).unwrap();
+    assert_eq!(by_worker.len(), 2, "{by_worker:?}");
+}
+
+fn another_config_or_a_missing_study_is_one_clear_error(url: &str, dir: &Path) {
+    let cfg = search_config(dir, 5);
+    let other = search_config(dir, 6);
+    let study = study_name("errors", url);
+    create_study(&cfg, url, &study, &dir.join("created"), &[]);
+    let e = failed(&longrope(&[
+        "search", "--config", other.to_str().unwrap(), "--storage", url, "--study", &study, "--out",
+        dir.join("other").to_str().unwrap(), "--no-progress", "--detach",
+    ]));
+    assert!(e.contains("different config") && e.contains("seed"), "{e}");
+    // A study that does not exist.
+    let e = failed(&longrope(&["study", "export", "--storage", url, "--study", "no-such-study", "--out", dir.join("x").to_str().unwrap()]));
+    assert!(e.contains("does not exist"), "{e}");
 }
 
 #[test]
-fn a_killed_workers_trial_is_rerun_by_another() {
-    let dir = tmp("kill");
-    let cfg = search_config(&dir, 5);
-    for url in storages(&dir) {
-        let study = study_name("kill", &url);
-        create_study(&cfg, &url, &study, &dir.join("created"), &["--grace-seconds", "3"]);
-        // This worker claims a trial and then sleeps in it (heart-beating) until it is killed.
-        let victim_log = dir.join(format!("victim-{study}.log"));
-        let mut victim = spawn_worker(&url, &study, &victim_log, &["--trial-delay-ms", "600000"]);
-        let start = Instant::now();
-        let held = loop {
-            let st = status(&url, &study);
-            if let Some(t) = st["running_trials"].as_array().and_then(|r| r.first()) {
-                break t["number"].as_u64().unwrap();
-            }
-            assert!(start.elapsed() < Duration::from_secs(120), "the worker never claimed a trial: {st}");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        victim.kill().unwrap(); // SIGKILL
-        victim.wait().unwrap();
-        let logs: Vec<PathBuf> = (0..2).map(|i| dir.join(format!("rescue{i}-{study}.log"))).collect();
-        let rescuers: Vec<Child> = logs.iter().map(|l| spawn_worker(&url, &study, l, &[])).collect();
-        let mut all = Vec::new();
-        for (w, log) in rescuers.into_iter().zip(&logs) {
-            all.extend(completed_trials(&wait_ok(w, log)));
-        }
-        assert!(all.contains(&held), "{url}: trial {held} of the killed worker was re-run: {all:?}");
-        let unique: HashSet<u64> = all.iter().copied().collect();
-        assert_eq!(unique.len(), all.len(), "{url}: {all:?}");
-        let st = status(&url, &study);
-        assert_eq!(st["state"], "finished", "{url}: {st}");
-        assert!(st["retried"].as_u64().unwrap_or(0) >= 1, "{url}: the killed worker's trial needed a second attempt: {st}");
-        let exported = dir.join(format!("export-{study}"));
-        export(&url, &study, &exported);
-        assert_same_as_baseline(&exported);
-    }
-}
-
-#[test]
-fn a_late_worker_joins_and_finishes_work() {
-    let dir = tmp("late");
-    let cfg = search_config(&dir, 5);
-    for url in storages(&dir) {
-        let study = study_name("late", &url);
-        create_study(&cfg, &url, &study, &dir.join("created"), &[]);
-        let first_log = dir.join(format!("first-{study}.log"));
-        let first = spawn_worker(&url, &study, &first_log, &["--trial-delay-ms", "300"]);
-        let start = Instant::now();
-        while status(&url, &study)["complete"].as_u64().unwrap_or(0) < 3 {
-            assert!(start.elapsed() < Duration::from_secs(120), "no progress");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let late_log = dir.join(format!("late-{study}.log"));
-        let late = spawn_worker(&url, &study, &late_log, &["--trial-delay-ms", "300"]);
-        let a = completed_trials(&wait_ok(first, &first_log));
-        let b = completed_trials(&wait_ok(late, &late_log));
-        assert!(!b.is_empty(), "{url}: the late worker evaluated nothing (first: {a:?})");
-        let mut all: Vec<u64> = a.iter().chain(&b).copied().collect();
-        all.sort();
-        all.dedup();
-        assert_eq!(all.len(), a.len() + b.len(), "{url}: a trial was evaluated twice");
-        let exported = dir.join(format!("export-{study}"));
-        export(&url, &study, &exported);
-        assert_same_as_baseline(&exported);
-        let by_worker: BTreeMap<String, u64> = serde_json::from_value(status(&url, &study)["by_worker"].clone()).unwrap();
-        assert_eq!(by_worker.len(), 2, "{by_worker:?}");
-    }
-}
-
-#[test]
-fn another_config_a_bad_url_or_no_server_is_one_clear_error() {
+fn a_bad_url_or_no_server_is_one_clear_error() {
     let dir = tmp("errors");
     let cfg = search_config(&dir, 5);
-    let other = search_config(&dir, 6);
-    for url in storages(&dir) {
-        let study = study_name("errors", &url);
-        create_study(&cfg, &url, &study, &dir.join("created"), &[]);
-        let e = failed(&longrope(&[
-            "search", "--config", other.to_str().unwrap(), "--storage", &url, "--study", &study, "--out",
-            dir.join("other").to_str().unwrap(), "--no-progress", "--detach",
-        ]));
-        assert!(e.contains("different config") && e.contains("seed"), "{e}");
-        // A study of another kind.
-        let e = failed(&longrope(&["study", "export", "--storage", &url, "--study", "no-such-study", "--out", dir.join("x").to_str().unwrap()]));
-        assert!(e.contains("does not exist"), "{e}");
-    }
     let e = failed(&longrope(&["worker", "--storage", "mysql://me:hunter2@db/x"]));
     assert!(e.contains("unknown scheme `mysql`") && e.contains("sqlite:PATH") && !e.contains("hunter2"), "{e}");
     let e = failed(&longrope(&["study", "list", "--storage", "postgres://me:hunter2@127.0.0.1:1/studies"]));

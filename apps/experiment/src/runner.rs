@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::cells::{compute_cell, CellTask, Models};
-use crate::config::{parse_scaling_table, referenced_files, EvalSpec, Experiment, FinetuneSpec, MethodSource, MethodSpec, ModelEntry, SearchSpec};
+use crate::config::{parse_scaling_table, referenced_files, Experiment, FinetuneSpec, MethodSource, MethodSpec, ModelEntry, SearchSpec};
 use crate::error::{ExperimentError, Result};
 use crate::report::{self, Machine, Results};
 

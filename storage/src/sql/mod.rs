@@ -332,20 +332,24 @@ impl SqlStorage {
     }
 
     /// Re-queue (or fail, out of attempts) running trials whose heartbeat is older than their study's grace.
+    /// On PostgreSQL the stale rows are locked with `SKIP LOCKED` (rows another claimer is re-queueing are
+    /// left to it), so two claimers never wait on each other's rows in opposite orders (no deadlock).
     fn release_stale(&mut self) -> Result<u64> {
-        let now = self.d().now();
+        let d = self.d();
+        let now = d.now();
+        let max_attempts = "(SELECT max_attempts FROM longrope_studies s WHERE s.id = longrope_trials.study_id)";
         let sql = format!(
             "UPDATE longrope_trials SET
-                 state = CASE WHEN attempts + 1 >= (SELECT max_attempts FROM longrope_studies s WHERE s.id = longrope_trials.study_id)
-                         THEN 'failed' ELSE 'waiting' END,
+                 state = CASE WHEN attempts + 1 >= {max_attempts} THEN 'failed' ELSE 'waiting' END,
                  error = 'worker ' || COALESCE(worker, '?') || ' stopped heart-beating (attempt ' || CAST(attempts + 1 AS TEXT) || ')',
-                 finished_at = CASE WHEN attempts + 1 >= (SELECT max_attempts FROM longrope_studies s WHERE s.id = longrope_trials.study_id)
-                         THEN {now} ELSE NULL END,
+                 finished_at = CASE WHEN attempts + 1 >= {max_attempts} THEN {now} ELSE NULL END,
                  worker = NULL,
                  heartbeat_at = NULL,
                  attempts = attempts + 1
-             WHERE state = 'running'
-               AND heartbeat_at < {now} - (SELECT grace_seconds FROM longrope_studies s WHERE s.id = longrope_trials.study_id)"
+             WHERE state = 'running' AND (study_id, number) IN (
+                 SELECT t.study_id, t.number FROM longrope_trials t JOIN longrope_studies s ON s.id = t.study_id
+                 WHERE t.state = 'running' AND t.heartbeat_at < {now} - s.grace_seconds {lock})",
+            lock = d.skip_locked(),
         );
         self.exec(&sql, &[])
     }
@@ -622,10 +626,15 @@ impl Storage for SqlStorage {
 
     fn fail(&mut self, study: i64, number: u64, worker: &str, error: &str) -> Result<Failure> {
         let now = self.d().now();
+        // The trial's row stays locked from this read to the update (PostgreSQL), and the update applies only
+        // while `worker` still holds it: a claimer re-queueing it meanwhile is never overwritten.
+        let lock = if self.d() == Dialect::Postgres { "FOR UPDATE OF t" } else { "" };
         self.write(|s| {
             let rows = s.query(
-                "SELECT t.error, t.attempts, s.max_attempts FROM longrope_trials t JOIN longrope_studies s ON s.id = t.study_id
-                 WHERE t.study_id = ? AND t.number = ? AND t.worker = ? AND t.state = 'running'",
+                &format!(
+                    "SELECT t.error, t.attempts, s.max_attempts FROM longrope_trials t JOIN longrope_studies s ON s.id = t.study_id
+                     WHERE t.study_id = ? AND t.number = ? AND t.worker = ? AND t.state = 'running' {lock}"
+                ),
                 &[Val::Int(study), Val::Int(number as i64), Val::Text(worker.into())],
             )?;
             let Some(r) = rows.first() else {
@@ -636,11 +645,11 @@ impl Storage for SqlStorage {
             let max = r[2].int().unwrap_or(1);
             let final_ = previous.as_deref() == Some(error) || attempts >= max;
             let state = if final_ { TrialState::Failed } else { TrialState::Waiting };
-            s.exec(
+            let n = s.exec(
                 &format!(
                     "UPDATE longrope_trials SET state = ?, error = ?, attempts = ?, worker = NULL, heartbeat_at = NULL,
                          finished_at = CASE WHEN ? = 'failed' THEN {now} ELSE NULL END
-                     WHERE study_id = ? AND number = ?"
+                     WHERE study_id = ? AND number = ? AND worker = ? AND state = 'running'"
                 ),
                 &[
                     Val::Text(state.as_str().into()),
@@ -649,8 +658,12 @@ impl Storage for SqlStorage {
                     Val::Text(state.as_str().into()),
                     Val::Int(study),
                     Val::Int(number as i64),
+                    Val::Text(worker.into()),
                 ],
             )?;
+            if n == 0 {
+                return Ok(Failure::Lost);
+            }
             Ok(if final_ { Failure::Final } else { Failure::Requeued })
         })
     }

@@ -20,10 +20,11 @@ build: setup
 # The storage and distributed tests run against SQLite and against a real PostgreSQL server, installed (if
 # missing) and started on a local port by scripts/postgres.sh, and stopped afterwards (docs/distributed.md).
 # The PostgreSQL tests are #[ignore]d for a plain `cargo test`; here --include-ignored runs them, and a server
-# that is missing or unreachable fails them.
+# that is missing or unreachable fails them. (Doc tests run apart: their `ignore` blocks are not tests.)
 test: assets
 	cargo build --workspace
-	url=$$(scripts/postgres.sh start) && LONGROPE_TEST_POSTGRES=$$url cargo test --workspace -- --include-ignored; \
+	url=$$(scripts/postgres.sh start) && LONGROPE_TEST_POSTGRES=$$url cargo test --workspace --tests -- --include-ignored \
+	  && cargo test --workspace --doc; \
 	  rc=$$?; scripts/postgres.sh stop; exit $$rc
 
 demo: assets build

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::history_without_timings as history;
 use common::{longrope, longrope_bin, root};
 
 const BUDGET: usize = 16;
@@ -29,20 +30,6 @@ fn search(out: &Path, extra: &[&str]) -> std::process::Output {
     args.extend(["--out", &out]);
     args.extend(extra);
     longrope(&args)
-}
-
-/// The history without wall times: (index, generation, candidate, fitness) per line.
-fn history(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("history.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v.as_object_mut().unwrap().remove("wall_seconds");
-            v
-        })
-        .collect()
 }
 
 fn ok(o: &std::process::Output) -> String {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{longrope, longrope_bin, root};
+use common::{corpus_text, longrope, longrope_bin, root, stable, tiny_experiment};
 use longrope_experiment::Experiment;
 
 fn link() {
@@ -118,119 +118,11 @@ fn a_typo_names_the_field_and_the_file() {
     assert!(err.contains("longrope-8k") && err.contains("known searches: longrope-16k"), "{err}");
 }
 
-/// A text the tiny model's byte-level tokenizer turns into a few thousand tokens.
-fn corpus_text() -> String {
-    let words = ["the", "river", "ran", "past", "old", "mill", "and", "a", "heron", "stood", "very", "still", "while", "rain", "fell"];
-    let mut s = String::new();
-    let mut x: u64 = 7;
-    for i in 0..1500 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        s.push_str(words[(x >> 33) as usize % words.len()]);
-        s.push(if i % 11 == 10 { '.' } else { ' ' });
-        if i % 11 == 10 {
-            s.push(' ');
-        }
-    }
-    s
-}
-
-/// A tiny experiment: tiny random Llama (L = 256), 3 + 2 ablation methods + a searched one, ppl at 4 lengths
-/// (beyond L at 512), passkey at 512, a search of 4 evaluations.
-fn tiny_experiment(dir: &Path, extra_length: bool) -> PathBuf {
-    let corpus = dir.join("corpus.txt");
-    std::fs::write(&corpus, corpus_text()).unwrap();
-    let lengths = if extra_length { "[64, 128, 256, 512, 384]" } else { "[64, 128, 256, 512]" };
-    let text = format!(
-        r#"name = "tiny"
-target = 512
-
-[[model]]
-name = "tiny-llama"
-path = {model:?}
-
-[data]
-corpus = [{corpus:?}]
-
-[[search]]
-name = "s"
-[search.config]
-target_length = 512
-[search.config.fitness]
-documents = 1
-[search.config.strategy]
-strategy = "evolution"
-population_size = 3
-iterations = 1
-mutation_numbers = 1
-crossover_size = 0
-parents_size = 2
-
-[[method]]
-name = "none"
-scaling = "none"
-
-[[method]]
-name = "pi"
-scaling = "pi"
-
-[[method]]
-name = "yarn"
-scaling = "yarn"
-
-[[method]]
-name = "longrope"
-from_search = "s"
-
-[[ablation]]
-method = "yarn"
-[ablation.grid]
-beta_slow = [0.25, 4.0]
-
-[[eval]]
-evaluator = "ppl"
-lengths = {lengths}
-[eval.config]
-samples = 1
-truncate = true
-
-[[eval]]
-evaluator = "passkey"
-lengths = [512]
-methods = ["none", "longrope"]
-[eval.config]
-samples = 1
-depths = [0.5]
-"#,
-        model = common::tiny_llama().display().to_string(),
-        corpus = corpus.display().to_string(),
-    );
-    let p = dir.join(if extra_length { "tiny-v2.toml" } else { "tiny.toml" });
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 fn run_ok(args: &[&str]) -> String {
     let out = longrope(args);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "longrope {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     stdout
-}
-
-/// `results.json` without the fields that measure time or the machine.
-fn stable(path: &Path) -> serde_json::Value {
-    fn strip(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.retain(|k, _| !k.contains("seconds") && k != "machine");
-                m.values_mut().for_each(strip);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path.join("results.json")).unwrap()).unwrap();
-    strip(&mut v);
-    v
 }
 
 fn cached_lines(stdout: &str) -> usize {

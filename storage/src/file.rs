@@ -227,25 +227,37 @@ fn nothing_to_resume(dir: &Path) -> bool {
     journal_empty && checkpoint_empty
 }
 
-fn complete_trial(number: u64, generation: u64, key: String, payload: Value, result: Value) -> Trial {
-    // A search record's fitness, or an experiment cell's score.
-    let value = result.get("fitness").or_else(|| result.get("score").and_then(|s| s.get("value"))).and_then(|f| f.as_f64());
+/// A trial waiting for a worker (its study id is set by the caller).
+fn waiting_trial(number: u64, generation: u64, key: String, payload: Value) -> Trial {
     Trial {
         study: 0,
         number,
         generation,
         key,
         payload,
-        state: TrialState::Complete,
+        state: TrialState::Waiting,
         worker: None,
         attempts: 0,
         heartbeat_age: None,
         started_at: None,
         finished_at: None,
+        seconds: None,
+        value: None,
+        result: None,
+        error: None,
+    }
+}
+
+/// A trial complete with `result` (read back from a file).
+fn complete_trial(number: u64, generation: u64, key: String, payload: Value, result: Value) -> Trial {
+    // A search record's fitness, or an experiment cell's score.
+    let value = result.get("fitness").or_else(|| result.get("score").and_then(|s| s.get("value"))).and_then(|f| f.as_f64());
+    Trial {
+        state: TrialState::Complete,
         seconds: result.get("seconds").and_then(|s| s.as_f64()),
         value,
         result: Some(result),
-        error: None,
+        ..waiting_trial(number, generation, key, payload)
     }
 }
 
@@ -369,23 +381,7 @@ impl Storage for FileStorage {
                     recovered += 1;
                     complete_trial(t.number, t.generation, t.key.clone(), t.payload.clone(), rec)
                 }
-                None => Trial {
-                    study,
-                    number: t.number,
-                    generation: t.generation,
-                    key: t.key.clone(),
-                    payload: t.payload.clone(),
-                    state: TrialState::Waiting,
-                    worker: None,
-                    attempts: 0,
-                    heartbeat_age: None,
-                    started_at: None,
-                    finished_at: None,
-                    seconds: None,
-                    value: None,
-                    result: None,
-                    error: None,
-                },
+                None => waiting_trial(t.number, t.generation, t.key.clone(), t.payload.clone()),
             };
             s.trials.insert(t.number, Trial { study, ..trial });
         }
@@ -417,23 +413,7 @@ impl Storage for FileStorage {
                 .filter(|v| v.get("score").is_some());
             let trial = match cached {
                 Some(result) => complete_trial(next, 0, key.clone(), payload.clone(), result),
-                None => Trial {
-                    study,
-                    number: next,
-                    generation: 0,
-                    key: key.clone(),
-                    payload: payload.clone(),
-                    state: TrialState::Waiting,
-                    worker: None,
-                    attempts: 0,
-                    heartbeat_age: None,
-                    started_at: None,
-                    finished_at: None,
-                    seconds: None,
-                    value: None,
-                    result: None,
-                    error: None,
-                },
+                None => waiting_trial(next, 0, key.clone(), payload.clone()),
             };
             s.trials.insert(next, Trial { study, ..trial });
             next += 1;

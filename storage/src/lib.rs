@@ -28,6 +28,7 @@ pub mod file;
 pub mod heartbeat;
 pub mod sql;
 pub mod status;
+pub mod testing;
 pub mod url;
 
 use serde::{Deserialize, Serialize};

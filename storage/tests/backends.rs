@@ -21,16 +21,6 @@ fn sqlite_url(test: &str) -> String {
     format!("sqlite:{}", dir.join("s.db").display())
 }
 
-/// The PostgreSQL server of the test run (`LONGROPE_TEST_POSTGRES`). Its tests are `#[ignore]`d, so a plain
-/// `cargo test` lists them as ignored; `make test` starts a server and runs them with `--include-ignored`, and
-/// there a missing URL fails them.
-fn postgres_url() -> String {
-    std::env::var("LONGROPE_TEST_POSTGRES").ok().filter(|s| !s.is_empty()).expect(
-        "LONGROPE_TEST_POSTGRES is not set: this test needs a PostgreSQL server (`make test` starts one with \
-         scripts/postgres.sh; or LONGROPE_TEST_POSTGRES=$(scripts/postgres.sh start) cargo test -- --include-ignored)",
-    )
-}
-
 /// Each contract test `NAME(url)` becomes `NAME::sqlite` and `NAME::postgres`.
 macro_rules! on_each_backend {
     ($($name:ident),* $(,)?) => {$(
@@ -42,7 +32,7 @@ macro_rules! on_each_backend {
             #[test]
             #[ignore = "needs PostgreSQL: run by `make test` (LONGROPE_TEST_POSTGRES, --include-ignored)"]
             fn postgres() {
-                super::$name(&super::postgres_url());
+                super::$name(&longrope_storage::testing::postgres_url());
             }
         }
     )*};

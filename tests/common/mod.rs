@@ -76,3 +76,125 @@ pub fn tiny_llama() -> PathBuf {
 pub fn tiny_mistral() -> PathBuf {
     root().join("tests/fixtures/tiny-mistral")
 }
+
+/// A text the tiny model's byte-level tokenizer turns into a few thousand tokens.
+pub fn corpus_text() -> String {
+    let words = ["the", "river", "ran", "past", "old", "mill", "and", "a", "heron", "stood", "very", "still", "while", "rain", "fell"];
+    let mut s = String::new();
+    let mut x: u64 = 7;
+    for i in 0..1500 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s.push_str(words[(x >> 33) as usize % words.len()]);
+        s.push(if i % 11 == 10 { '.' } else { ' ' });
+        if i % 11 == 10 {
+            s.push(' ');
+        }
+    }
+    s
+}
+
+/// A tiny experiment: tiny random Llama (L = 256), 3 + 2 ablation methods + a searched one, ppl at 4 lengths
+/// (beyond L at 512), passkey at 512, a search of 4 evaluations.
+pub fn tiny_experiment(dir: &Path, extra_length: bool) -> PathBuf {
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(&corpus, corpus_text()).unwrap();
+    let lengths = if extra_length { "[64, 128, 256, 512, 384]" } else { "[64, 128, 256, 512]" };
+    let text = format!(
+        r#"name = "tiny"
+target = 512
+
+[[model]]
+name = "tiny-llama"
+path = {model:?}
+
+[data]
+corpus = [{corpus:?}]
+
+[[search]]
+name = "s"
+[search.config]
+target_length = 512
+[search.config.fitness]
+documents = 1
+[search.config.strategy]
+strategy = "evolution"
+population_size = 3
+iterations = 1
+mutation_numbers = 1
+crossover_size = 0
+parents_size = 2
+
+[[method]]
+name = "none"
+scaling = "none"
+
+[[method]]
+name = "pi"
+scaling = "pi"
+
+[[method]]
+name = "yarn"
+scaling = "yarn"
+
+[[method]]
+name = "longrope"
+from_search = "s"
+
+[[ablation]]
+method = "yarn"
+[ablation.grid]
+beta_slow = [0.25, 4.0]
+
+[[eval]]
+evaluator = "ppl"
+lengths = {lengths}
+[eval.config]
+samples = 1
+truncate = true
+
+[[eval]]
+evaluator = "passkey"
+lengths = [512]
+methods = ["none", "longrope"]
+[eval.config]
+samples = 1
+depths = [0.5]
+"#,
+        model = tiny_llama().display().to_string(),
+        corpus = corpus.display().to_string(),
+    );
+    let p = dir.join(if extra_length { "tiny-v2.toml" } else { "tiny.toml" });
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// `results.json` without the fields that measure time or the machine.
+pub fn stable(path: &Path) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.retain(|k, _| !k.contains("seconds") && k != "machine");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path.join("results.json")).unwrap()).unwrap();
+    strip(&mut v);
+    v
+}
+
+/// A search directory's `history.jsonl` without timings: (index, generation, candidate, fitness) per line.
+pub fn history_without_timings(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("history.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v.as_object_mut().unwrap().remove("wall_seconds");
+            v
+        })
+        .collect()
+}

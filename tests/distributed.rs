@@ -6,7 +6,9 @@
 //!   search's (history, best factors);
 //! - a worker killed with `kill -9` mid-trial has its trial re-run by another worker, nothing lost;
 //! - a worker started late joins and evaluates trials;
-//! - a study started with another config, a bad URL, an unreachable server: one clear error each.
+//! - a study started with another config, a bad URL, an unreachable server: one clear error each;
+//! - an experiment's cells kept in a database are computed by a `longrope worker`, and the report equals the
+//!   one-process run's with files.
 
 mod common;
 
@@ -16,23 +18,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{longrope, longrope_bin};
+use common::history_without_timings as history;
+use common::{longrope, longrope_bin, stable, tiny_experiment};
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("longrope-distributed-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// The PostgreSQL server of the test run (`LONGROPE_TEST_POSTGRES`). Its tests are `#[ignore]`d, so a plain
-/// `cargo test` lists them as ignored; `make test` starts a server and runs them with `--include-ignored`, and
-/// there a missing URL fails them.
-fn postgres_url() -> String {
-    std::env::var("LONGROPE_TEST_POSTGRES").ok().filter(|s| !s.is_empty()).expect(
-        "LONGROPE_TEST_POSTGRES is not set: this test needs a PostgreSQL server (`make test` starts one with \
-         scripts/postgres.sh; or LONGROPE_TEST_POSTGRES=$(scripts/postgres.sh start) cargo test -- --include-ignored)",
-    )
 }
 
 /// Each test `NAME(url, dir)` becomes `NAME::sqlite` (a fresh database in its directory) and `NAME::postgres`.
@@ -48,7 +41,7 @@ macro_rules! on_each_backend {
             #[ignore = "needs PostgreSQL: run by `make test` (LONGROPE_TEST_POSTGRES, --include-ignored)"]
             fn postgres() {
                 let dir = super::tmp(concat!(stringify!($name), "-pg"));
-                super::$name(&super::postgres_url(), &dir);
+                super::$name(&longrope_storage::testing::postgres_url(), &dir);
             }
         }
     )*};
@@ -59,6 +52,7 @@ on_each_backend!(
     a_killed_workers_trial_is_rerun_by_another,
     a_late_worker_joins_and_finishes_work,
     another_config_or_a_missing_study_is_one_clear_error,
+    an_experiment_computed_by_a_worker_equals_the_files_run,
 );
 
 /// A study name unique to this test process (a PostgreSQL database is shared by every test).
@@ -93,20 +87,6 @@ fn ok(o: &std::process::Output) -> String {
 fn failed(o: &std::process::Output) -> String {
     assert!(!o.status.success(), "expected a failure; stdout: {}", String::from_utf8_lossy(&o.stdout));
     String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-/// `history.jsonl` without timings: (index, generation, candidate, fitness) per evaluation.
-fn history(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("history.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v.as_object_mut().unwrap().remove("wall_seconds");
-            v
-        })
-        .collect()
 }
 
 /// The one-process search with files (computed once per test binary).
@@ -294,4 +274,38 @@ fn a_bad_url_or_no_server_is_one_clear_error() {
         "search", "--config", cfg.to_str().unwrap(), "--study", "s", "--out", dir.join("nostorage").to_str().unwrap(),
     ]));
     assert!(e.contains("need --storage"), "{e}");
+}
+
+/// `longrope run EXP --storage URL --study NAME --stop-after-cells 0` runs the experiment's search step and
+/// stores its cells as trials without computing one; a `longrope worker` computes every cell; running the
+/// experiment again finds them complete (cached) and writes the results of the one-process run with files.
+fn an_experiment_computed_by_a_worker_equals_the_files_run(url: &str, dir: &Path) {
+    let exp = tiny_experiment(dir, false);
+    let exp = exp.to_str().unwrap();
+    let total = 26;
+    let files = dir.join("files");
+    ok(&longrope(&["run", exp, "--out", files.to_str().unwrap()]));
+    let study = study_name("experiment", url);
+    let out = dir.join("db");
+    let run = ["run", exp, "--storage", url, "--study", &study, "--out", out.to_str().unwrap()];
+    let text = ok(&longrope(&[&run[..], &["--stop-after-cells", "0"]].concat()));
+    assert!(text.contains("stopped after 0 new cells"), "{text}");
+    let log = dir.join(format!("worker-{study}.log"));
+    let worker = Command::new(longrope_bin())
+        .args(["worker", "--storage", url, "--study", &study, "--poll-ms", "50", "--idle-timeout", "3"])
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let text = wait_ok(worker, &log);
+    let cells = text.lines().filter(|l| l.starts_with('[') && l.contains(" = ")).count();
+    assert_eq!(cells, total, "{url}: the worker computed every cell:\n{text}");
+    let text = ok(&longrope(&run));
+    let cached = text.lines().filter(|l| l.starts_with('[') && l.ends_with("(cached)")).count();
+    assert_eq!(cached, total, "{url}: the runner found every cell complete:\n{text}");
+    assert_eq!(stable(&out), stable(&files), "{url}: results differ from the one-process run with files");
+    let st = status(url, &study);
+    assert_eq!(st["state"], "finished", "{url}: {st}");
+    assert_eq!(st["complete"].as_u64(), Some(total as u64), "{url}: {st}");
 }

@@ -408,6 +408,11 @@ pub fn run(exp: &Experiment, opts: &RunOptions, log: &mut dyn FnMut(String)) -> 
                 .map_err(|e| ExperimentError::config(&exp.path, format!("cell {}: stored result does not parse: {e}", task.label)))?;
             cells.push(CellResult { key: key.clone(), model: m.name.clone(), method: task.method.clone(), eval: task.eval.clone(), ..cell });
         }
+        if models.summary_of(&m.path, &m.dtype, &m.device).is_none() && !summary_path.exists() {
+            // Every cell was computed elsewhere (by workers): load the model for its summary, as a run that
+            // computed a cell would have.
+            models.model(&m.path, &m.dtype, &m.device, log)?;
+        }
         if let Some(s) = models.summary_of(&m.path, &m.dtype, &m.device) {
             write_atomic(&summary_path, serde_json::to_string_pretty(&s).expect("json").as_bytes())?;
         }

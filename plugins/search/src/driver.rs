@@ -208,7 +208,6 @@ impl<'a> Driver<'a> {
             (false, false) => OpenMode::Join,
         };
         let study = storage.open_study(&spec, mode)?;
-        let joined = !files && storage.checkpoint(study.id, None)?.is_some();
         let worker = longrope_storage::worker_name();
         let beats = longrope_storage::HeartbeatThread::start(
             storage.heartbeats()?,
@@ -217,7 +216,9 @@ impl<'a> Driver<'a> {
         );
         let budget = strategy.budget() as u64;
         let mut engine = SearchStudy::new(storage.as_mut(), study, strategy)?;
-        if opts.resume || joined {
+        // `cost.resumes` counts restarts of a search directory (`--resume`); joining a database study is no
+        // resume (whichever process observes a generation would count it, so the account would depend on timing).
+        if opts.resume && files {
             engine.count_resume();
         }
         let bar = if opts.progress && log.is_none() { ProgressBar::new(budget) } else { ProgressBar::hidden() };

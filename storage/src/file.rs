@@ -115,17 +115,7 @@ impl FileStorage {
             OpenMode::Create => false,
             OpenMode::Join | OpenMode::Adopt => cp_path.exists(),
         };
-        let mut fs = FileStudy {
-            study: study_of(spec),
-            dir: dir.to_path_buf(),
-            started: Instant::now(),
-            wall_before: 0.0,
-            trials: BTreeMap::new(),
-            proposals: BTreeMap::new(),
-            checkpoint: None,
-            salvaged: HashMap::new(),
-            journal: None,
-        };
+        let mut fs = FileStudy::empty(dir, spec);
         let history = dir.join(HISTORY_FILE);
         if !resume {
             if cp_path.exists() && !nothing_to_resume(dir) {
@@ -181,17 +171,7 @@ impl FileStorage {
         std::fs::create_dir_all(&cells).map_err(|e| StorageError::io(&cells, e))?;
         let text = serde_json::to_string_pretty(&spec.config).expect("JSON values serialize");
         write_atomic(&manifest, text.as_bytes())?;
-        Ok(FileStudy {
-            study: study_of(spec),
-            dir: dir.to_path_buf(),
-            started: Instant::now(),
-            wall_before: 0.0,
-            trials: BTreeMap::new(),
-            proposals: BTreeMap::new(),
-            checkpoint: None,
-            salvaged: HashMap::new(),
-            journal: None,
-        })
+        Ok(FileStudy::empty(dir, spec))
     }
 }
 
@@ -262,6 +242,21 @@ fn complete_trial(number: u64, generation: u64, key: String, payload: Value, res
 }
 
 impl FileStudy {
+    /// A study in `dir` with no trial, proposal or checkpoint yet.
+    fn empty(dir: &Path, spec: &StudySpec) -> FileStudy {
+        FileStudy {
+            study: study_of(spec),
+            dir: dir.to_path_buf(),
+            started: Instant::now(),
+            wall_before: 0.0,
+            trials: BTreeMap::new(),
+            proposals: BTreeMap::new(),
+            checkpoint: None,
+            salvaged: HashMap::new(),
+            journal: None,
+        }
+    }
+
     /// Resume a search directory: checkpoint, identity check, journal tail.
     fn load(&mut self, spec: &StudySpec, mode: OpenMode) -> Result<()> {
         let cp_path = self.dir.join(CHECKPOINT_FILE);

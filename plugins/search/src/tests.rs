@@ -435,6 +435,12 @@ fn shipped_configs_parse() {
                 assert_eq!(f.space.mode, crate::SearchMode::Paper);
                 assert!(f.model.as_ref().unwrap().path.ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"));
             }
+            Some("smollm2-16k-8.toml") => {
+                // The distributed measurement's search: smollm2-16k.toml with half the budget.
+                assert_eq!(f.strategy.budget(), 8);
+                assert_eq!((shape.original_max_position_embeddings, shape.max_position_embeddings), (8192, 16384));
+                assert_eq!((f.seed, f.fitness.documents, f.space.mode), (0, 1, crate::SearchMode::Paper));
+            }
             Some("longrope-paper.toml") => {
                 assert_eq!(f.strategy.budget(), 1344);
                 assert_eq!(f.space.step, 0.01);

@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   set up, fetch the default model + corpus, build, and run the demo (the main job)
 #   make test   set up, fetch the assets, and run the whole test suite
-.PHONY: setup assets reference build test demo fixtures
+.PHONY: setup assets reference llamacpp build test demo fixtures
 
 setup:
 	scripts/setup.sh libtorch
@@ -12,12 +12,16 @@ assets: setup
 reference:
 	scripts/setup.sh reference
 
+# llama.cpp's llama-perplexity in .cache/llamacpp: tests/gguf_export.rs checks exported GGUF files with it.
+llamacpp:
+	scripts/setup.sh llamacpp
+
 build: setup
 	cargo build --release -p longrope
 
 # The integration tests in tests/ run the `longrope` binary and the example plugin libraries, which
 # `cargo test` alone does not build (they belong to other workspace packages): build the workspace first.
-test: assets
+test: assets llamacpp
 	cargo build --workspace
 	cargo test --workspace
 

@@ -76,3 +76,13 @@ pub fn tiny_llama() -> PathBuf {
 pub fn tiny_mistral() -> PathBuf {
     root().join("tests/fixtures/tiny-mistral")
 }
+
+/// llama.cpp's `llama-perplexity` built by `scripts/setup.sh llamacpp` (`make test` builds it), or
+/// `LONGROPE_LLAMA_PERPLEXITY`. Its absence is a failure, never a skip.
+pub fn llama_perplexity() -> PathBuf {
+    let p = std::env::var_os("LONGROPE_LLAMA_PERPLEXITY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache/llamacpp/bin/llama-perplexity"));
+    assert!(p.exists(), "{} is missing: run `make llamacpp` (scripts/setup.sh llamacpp) or set LONGROPE_LLAMA_PERPLEXITY", p.display());
+    p
+}

@@ -56,6 +56,8 @@ enum Command {
     /// Fine-tune a model under a scaling method (full or LoRA, PoSE, mixed windows), resumable, exported as an
     /// HF directory.
     Finetune(cmd::finetune::Args),
+    /// Write a model with a scaling method for the tools people deploy with: `export gguf` (llama.cpp, ollama).
+    Export(cmd::export::Args),
 }
 
 /// Reference every plugin crate so the linker keeps their registrations.
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         Command::Compare(a) => cmd::compare::run(a),
         Command::Search(a) => cmd::search::run(a),
         Command::Finetune(a) => cmd::finetune::run(a),
+        Command::Export(a) => cmd::export::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -239,6 +239,30 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
+    /// The [`ModelSummary`] of a checkpoint with this config (`format`: `gguf` or `safetensors`; `weight_dtype`:
+    /// the storage types of its weights), as [`LanguageModel::summary`] reports it once loaded.
+    pub fn summary(&self, spec: &ArchSpec, format: &str, weight_dtype: String) -> ModelSummary {
+        ModelSummary {
+            arch: spec.name.to_string(),
+            format: format.to_string(),
+            num_layers: self.num_layers,
+            hidden_size: self.hidden_size,
+            num_heads: self.num_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            vocab_size: self.vocab_size,
+            rope_base: self.rope_theta,
+            max_position_embeddings: self.max_position_embeddings,
+            sliding_window: self.sliding_window,
+            tied_embeddings: self.tie_word_embeddings,
+            weight_dtype,
+            bos_token_id: self.bos_token_id,
+            eos_token_id: self.eos_token_id,
+            checkpoint_scaling: self.checkpoint_scaling.clone(),
+            rotary_dim: (self.rotary_dim != self.head_dim).then_some(self.rotary_dim),
+        }
+    }
+
     /// Check sizes: positive and within `longrope_core::limits` (or generous bounds of their own), heads divide,
     /// even head_dim, sane epsilon and base. Nothing is allocated from a config before it passes.
     pub fn validate(&self, path: &Path) -> Result<()> {
@@ -288,6 +312,27 @@ impl LlamaConfig {
 /// The layout of an architecture of this crate by plugin name.
 pub fn arch_spec(name: &str) -> Option<&'static ArchSpec> {
     [&LLAMA, &crate::mistral::MISTRAL, &crate::qwen2::QWEN2, &crate::phi3::PHI3].into_iter().find(|s| s.name == name)
+}
+
+/// The storage types of a GGUF file's weights (the tensors `spec` maps to HF names), most frequent first:
+/// `Q4_1, Q8_0, F32`.
+fn gguf_weight_types(g: &GgufFile, spec: &ArchSpec) -> String {
+    let mut types: BTreeMap<String, usize> = BTreeMap::new();
+    for t in g.tensors.iter().filter(|t| hf_name(&t.name, spec).is_some()) {
+        *types.entry(t.ggml_type.name()).or_default() += 1;
+    }
+    let mut types: Vec<(String, usize)> = types.into_iter().collect();
+    types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    types.into_iter().map(|(t, _)| t).collect::<Vec<_>>().join(", ")
+}
+
+/// The summary of an open GGUF file (architecture from `general.architecture`), read from its metadata alone:
+/// no weight is dequantised, so this is cheap for any model size.
+pub fn gguf_summary(g: &GgufFile) -> Result<ModelSummary> {
+    let arch = g.get_str("general.architecture")?;
+    let spec = arch_spec(arch).ok_or_else(|| ModelError::config(&g.path, "general.architecture", format!("`{arch}` has no known GGUF layout")))?;
+    let config = LlamaConfig::from_gguf(g, spec)?;
+    Ok(config.summary(spec, "gguf", gguf_weight_types(g, spec)))
 }
 
 /// The sliding window of an HF config under `rule`: the window and, when not every layer uses it, which do.
@@ -399,10 +444,8 @@ impl Checkpoint {
         let config = LlamaConfig::from_gguf(&g, spec)?;
         let tokenizer = tokenizer::from_gguf(&g)?;
         let mut tensors = HashMap::new();
-        let mut types: BTreeMap<String, usize> = BTreeMap::new();
         for t in &g.tensors {
             let Some(name) = hf_name(&t.name, spec) else { continue };
-            *types.entry(t.ggml_type.name()).or_default() += 1;
             let values = g.dequantize(t)?;
             let mut w = Tensor::f_from_slice(&values)?.f_reshape(t.shape.as_slice())?;
             if spec.gguf_permuted_qk && name.contains("q_proj.") {
@@ -415,9 +458,7 @@ impl Checkpoint {
         if spec.fused_qkv {
             fuse_qkv(&mut tensors, config.num_layers);
         }
-        let mut types: Vec<(String, usize)> = types.into_iter().collect();
-        types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let weight_dtype = types.into_iter().map(|(t, _)| t).collect::<Vec<_>>().join(", ");
+        let weight_dtype = gguf_weight_types(&g, spec);
         Ok(Checkpoint { spec, path: path.to_path_buf(), format: "gguf", config, tensors, weight_dtype, tokenizer })
     }
 
@@ -827,25 +868,7 @@ impl Llama {
         }
         let norm = RmsNorm::load(&(&model / "norm"), &mut ld, h, c.rms_norm_eps)?;
         let lm_head = if c.tie_word_embeddings { None } else { Some(ld.take(&(&root / "lm_head"), "weight", &[v, h])?) };
-        let summary = ModelSummary {
-            arch: spec.name.to_string(),
-            format: format.to_string(),
-            num_layers: c.num_layers,
-            hidden_size: c.hidden_size,
-            num_heads: c.num_heads,
-            num_kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-            vocab_size: c.vocab_size,
-            rope_base: c.rope_theta,
-            max_position_embeddings: c.max_position_embeddings,
-            sliding_window: c.sliding_window,
-            tied_embeddings: c.tie_word_embeddings,
-            weight_dtype,
-            bos_token_id: c.bos_token_id,
-            eos_token_id: c.eos_token_id,
-            checkpoint_scaling: c.checkpoint_scaling.clone(),
-            rotary_dim: (c.rotary_dim != c.head_dim).then_some(c.rotary_dim),
-        };
+        let summary = c.summary(spec, format, weight_dtype);
         Ok(Llama {
             config: c,
             spec,

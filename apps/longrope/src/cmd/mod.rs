@@ -12,3 +12,4 @@ pub mod search;
 pub mod run;
 pub mod compare;
 pub mod finetune;
+pub mod export;

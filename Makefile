@@ -29,5 +29,5 @@ demo: assets build
 	scripts/demo.sh
 
 # Regenerate the golden fixtures under tests/fixtures from HF transformers (installs it into the venv).
-fixtures: reference assets
+fixtures: reference assets llamacpp
 	for f in scripts/fixtures/*.py; do .venv/bin/python $$f || exit 1; done

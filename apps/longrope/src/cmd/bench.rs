@@ -7,6 +7,8 @@
 //! `/proc/self/clear_refs` (Linux), so each number is that run's peak (weights included).
 //! `scripts/bench_hf.py` measures HF transformers the same way.
 //!
+//! `longrope bench compare`: ours, HF transformers and llama.cpp side by side (`bench_compare.rs`).
+//!
 //! `longrope bench train --config FT.toml --steps 6 --dtypes f32,bf16`: the same fine-tune steps (same data,
 //! same initial weights) in each compute dtype: tokens/s (mean over the steps after the first), peak RSS, and
 //! each dtype's loss curve against f32's (largest relative difference per step), which is how the project
@@ -38,6 +40,9 @@ enum BenchCommand {
     Decode(DecodeArgs),
     /// Run the same fine-tune steps in several compute dtypes: tokens/s, peak RSS, loss curves against f32.
     Train(TrainArgs),
+    /// Ours vs HF transformers vs llama.cpp in one interleaved run: tokens/s, peak RSS, ratios, GFLOP/s against
+    /// a matmul ceiling measured on the spot.
+    Compare(super::bench_compare::CompareArgs),
 }
 
 /// Arguments of `longrope bench train`.
@@ -106,6 +111,7 @@ pub fn run(args: Args) -> Result<()> {
         BenchCommand::Forward(a) => forward(a),
         BenchCommand::Decode(a) => decode(a),
         BenchCommand::Train(a) => train(a),
+        BenchCommand::Compare(a) => super::bench_compare::compare(a),
     }
 }
 

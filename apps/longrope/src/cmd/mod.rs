@@ -5,6 +5,7 @@ pub mod plugins;
 pub mod model;
 pub mod generate;
 pub mod bench;
+pub mod bench_compare;
 pub mod evaluate;
 pub mod tokenize;
 pub mod rope;

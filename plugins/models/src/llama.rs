@@ -669,10 +669,12 @@ impl Attention {
             let out = Tensor::scaled_dot_product_attention(&grouped, k, v, None::<Tensor>, 0.0, false, None, false);
             return out.reshape([qs[0], qs[1], 1, qs[3]]);
         }
-        let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
         if window.is_none() && past == 0 {
-            return Tensor::scaled_dot_product_attention(q, &k, &v, None::<Tensor>, 0.0, true, None, false);
+            // Causal over the whole sequence: libtorch's flash kernel (CPU and CUDA) reads the shared KV heads
+            // itself (`enable_gqa`), so K and V are not copied `rep` times.
+            return Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, true, None, rep > 1);
         }
+        let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
         if window.is_none() && s == 1 {
             return Tensor::scaled_dot_product_attention(q, &k, &v, None::<Tensor>, 0.0, false, None, false);
         }

@@ -655,8 +655,20 @@ impl Attention {
         self.o_proj.forward(&attn.transpose(1, 2).reshape([b, s, nh * hd]))
     }
 
-    /// Causal (optionally sliding-window) attention of queries at positions `past ..` over all keys.
+    /// Causal (optionally sliding-window) attention of queries at positions `past ..` over all keys. On CPU a
+    /// bf16 model attends in f32: libtorch's CPU flash kernel is ~1.6x slower in bf16 than in f32 at 8k-16k
+    /// tokens on AVX-512 machines (docs/performance.md), and f32 is the more accurate of the two; the output is
+    /// cast back, so only the attention product changes precision.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: i64) -> Tensor {
+        if q.kind() == Kind::BFloat16 && q.device() == Device::Cpu {
+            let f = |t: &Tensor| t.to_kind(Kind::Float);
+            return self.attend_in(&f(q), &f(k), &f(v), past).to_kind(Kind::BFloat16);
+        }
+        self.attend_in(q, k, v, past)
+    }
+
+    /// [`Attention::attend`] in the inputs' dtype.
+    fn attend_in(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: i64) -> Tensor {
         let rep = self.num_heads / self.num_kv_heads;
         let s = q.size()[2];
         let window = self.sliding_window;

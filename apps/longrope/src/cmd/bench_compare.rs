@@ -49,9 +49,15 @@ pub struct CompareArgs {
     /// llama.cpp's `llama-perplexity`; skipped, with the reason, when missing.
     #[arg(long, default_value = ".cache/llamacpp/bin/llama-perplexity")]
     llama_perplexity: PathBuf,
+    /// Which implementations to run, comma-separated (ours, hf, llama.cpp).
+    #[arg(long, value_delimiter = ',', default_value = "ours,hf,llama.cpp")]
+    impls: Vec<String>,
     /// Also write the report (Markdown, with the machine and the command) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also plot tokens/s and peak RSS against length: `STEM-throughput.{png,svg}`, `STEM-memory.{png,svg}`.
+    #[arg(long, value_name = "STEM")]
+    plot: Option<PathBuf>,
     /// Print one JSON document.
     #[arg(long)]
     json: bool,
@@ -181,8 +187,16 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     let weights = longrope_models::llama::gguf_summary(&g)?.weight_dtype;
     drop(g);
     let threads = tch::get_num_threads();
-    let hf_skip = hf_unavailable(&args.python);
-    let llama_skip = (!args.llama_perplexity.exists()).then(|| format!("{} missing (`make llamacpp`)", args.llama_perplexity.display()));
+    for i in &args.impls {
+        anyhow::ensure!(["ours", "hf", "llama.cpp"].contains(&i.as_str()), "--impls: `{i}` is not one of ours, hf, llama.cpp");
+    }
+    let wanted = |i: &str| args.impls.iter().any(|x| x == i);
+    let hf_skip = if wanted("hf") { hf_unavailable(&args.python) } else { Some("not asked for (--impls)".into()) };
+    let llama_skip = if !wanted("llama.cpp") {
+        Some("not asked for (--impls)".into())
+    } else {
+        (!args.llama_perplexity.exists()).then(|| format!("{} missing (`make llamacpp`)", args.llama_perplexity.display()))
+    };
     let machine = machine();
     let ceilings: Vec<(String, f64)> = args.dtypes.iter().map(|d| (d.clone(), ceiling_gflops(longrope_core::device::parse_dtype(d).unwrap_or(Kind::Float)))).collect();
     let me = std::env::current_exe().context("the longrope binary's path")?;
@@ -198,12 +212,14 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         for &len in &args.lengths {
             let log = scratch.path().join("child.log");
             for dtype in &args.dtypes {
-                eprintln!("round {}/{}: {len} tokens, {dtype}: ours", round + 1, args.rounds);
-                let mut cmd = Command::new(&me);
-                cmd.args(["bench", "forward", "--model", &model, "--lengths", &len.to_string(), "--dtypes", dtype, "--json"]);
-                let c = run_child(cmd, &log, "longrope bench forward")?;
-                let v: Value = serde_json::from_str(&c.stdout).context("longrope bench forward --json")?;
-                record(("ours".into(), dtype.clone(), len), (v[0]["tokens_per_s"].as_f64().unwrap_or(f64::NAN), c.peak_rss_mib));
+                if wanted("ours") {
+                    eprintln!("round {}/{}: {len} tokens, {dtype}: ours", round + 1, args.rounds);
+                    let mut cmd = Command::new(&me);
+                    cmd.args(["bench", "forward", "--model", &model, "--lengths", &len.to_string(), "--dtypes", dtype, "--json"]);
+                    let c = run_child(cmd, &log, "longrope bench forward")?;
+                    let v: Value = serde_json::from_str(&c.stdout).context("longrope bench forward --json")?;
+                    record(("ours".into(), dtype.clone(), len), (v[0]["tokens_per_s"].as_f64().unwrap_or(f64::NAN), c.peak_rss_mib));
+                }
                 if hf_skip.is_none() {
                     eprintln!("round {}/{}: {len} tokens, {dtype}: HF transformers", round + 1, args.rounds);
                     let mut cmd = Command::new(&args.python);
@@ -260,12 +276,32 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     }
     let ceil_line = ceilings.iter().map(|(d, c)| format!("{d} {c:.1} GFLOP/s")).collect::<Vec<_>>().join(", ");
     let mut notes = vec![format!("Matmul ceiling measured on the spot ({threads} threads): {ceil_line}.")];
-    notes.push("llama.cpp's ratio is against our fastest dtype at that length; its ratio column compares throughput only.".into());
+    if llama_skip.is_none() {
+        notes.push("llama.cpp's ratio is against our fastest dtype at that length; its ratio column compares throughput only.".into());
+    }
     if let Some(r) = &hf_skip {
         notes.push(format!("HF transformers skipped: {r}."));
     }
     if let Some(r) = &llama_skip {
         notes.push(format!("llama.cpp skipped: {r}."));
+    }
+    if let Some(stem) = &args.plot {
+        let series = |key: &str| -> Vec<longrope_experiment::plots::Series> {
+            let mut out: Vec<longrope_experiment::plots::Series> = Vec::new();
+            for r in &rows {
+                let name = format!("{} {}", r["impl"].as_str().unwrap_or(""), r["dtype"].as_str().unwrap_or(""));
+                let point = (r["tokens"].as_f64().unwrap_or(0.0), r[key].as_f64().unwrap_or(f64::NAN));
+                match out.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, p)) => p.push(point),
+                    None => out.push((name, vec![point])),
+                }
+            }
+            out
+        };
+        let with = |suffix: &str| PathBuf::from(format!("{}-{suffix}", stem.display()));
+        let mut written = longrope_experiment::plots::metric_vs_length(&with("throughput"), "Scoring forward: tokens/s", "tokens/s", &series("tokens_per_s"))?;
+        written.extend(longrope_experiment::plots::metric_vs_length(&with("memory"), "Scoring forward: peak RSS of the process", "peak RSS (MiB)", &series("peak_rss_mib"))?);
+        notes.push(format!("Plots: {}.", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")));
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     if args.json {

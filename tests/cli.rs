@@ -110,3 +110,20 @@ fn bench_compare_measures_each_implementation_and_writes_its_report() {
     let bad = longrope(&["bench", "compare", "--model", model.to_str().unwrap(), "--impls", "ours,vllm"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("`vllm` is not one of"));
 }
+
+/// `bench profile` on the tiny Llama GGUF: every component timed, shares summing to one, a real forward beside.
+#[test]
+fn bench_profile_times_each_component_against_a_real_forward() {
+    let model = common::root().join("tests/fixtures/gguf/tiny-llama.gguf");
+    let o = longrope(&["bench", "profile", "--model", model.to_str().unwrap(), "--lengths", "32,64", "--dtype", "bf16", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+    for r in runs.as_array().unwrap() {
+        let parts = r["components"].as_array().unwrap();
+        assert_eq!(parts.len(), 7, "{r}");
+        let share: f64 = parts.iter().map(|p| p["share"].as_f64().unwrap()).sum();
+        assert!((share - 1.0).abs() < 1e-9 && r["real_forward_seconds"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(parts.iter().all(|p| p["seconds"].as_f64().unwrap() > 0.0), "{r}");
+    }
+}

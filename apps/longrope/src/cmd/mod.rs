@@ -6,6 +6,7 @@ pub mod model;
 pub mod generate;
 pub mod bench;
 pub mod bench_compare;
+pub mod bench_profile;
 pub mod evaluate;
 pub mod tokenize;
 pub mod rope;

@@ -639,9 +639,10 @@ impl Attention {
                 (y.narrow(2, 0, nh * hd), y.narrow(2, nh * hd, nkv * hd), y.narrow(2, (nh + nkv) * hd, nkv * hd))
             }
         };
-        let q = q.reshape([b, s, nh, hd]).transpose(1, 2);
-        let k = k.reshape([b, s, nkv, hd]).transpose(1, 2);
-        let mut v = v.reshape([b, s, nkv, hd]).transpose(1, 2);
+        // A bf16 model on CPU rotates and attends in f32 (see `attend_kind`): cast once, here.
+        let attend_kind = attend_kind(x.kind(), x.device());
+        let heads = |t: Tensor, n: i64| t.reshape([b, s, n, hd]).transpose(1, 2).to_kind(attend_kind);
+        let (q, k, mut v) = (heads(q, nh), heads(k, nkv), heads(v, nkv));
         let q = self.rotate(&q, cos, sin);
         let mut k = self.rotate(&k, cos, sin);
         if let Some(slot) = cache {
@@ -651,24 +652,13 @@ impl Attention {
             }
             *slot = Some((k.shallow_clone(), v.shallow_clone()));
         }
-        let attn = self.attend(&q, &k, &v, past);
+        let attn = self.attend(&q, &k, &v, past).to_kind(x.kind());
         self.o_proj.forward(&attn.transpose(1, 2).reshape([b, s, nh * hd]))
     }
 
-    /// Causal (optionally sliding-window) attention of queries at positions `past ..` over all keys. On CPU a
-    /// bf16 model attends in f32: libtorch's CPU flash kernel is ~1.6x slower in bf16 than in f32 at 8k-16k
-    /// tokens on AVX-512 machines (docs/performance.md), and f32 is the more accurate of the two; the output is
-    /// cast back, so only the attention product changes precision.
+    /// Causal (optionally sliding-window) attention of queries at positions `past ..` over all keys, in the
+    /// inputs' dtype.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: i64) -> Tensor {
-        if q.kind() == Kind::BFloat16 && q.device() == Device::Cpu {
-            let f = |t: &Tensor| t.to_kind(Kind::Float);
-            return self.attend_in(&f(q), &f(k), &f(v), past).to_kind(Kind::BFloat16);
-        }
-        self.attend_in(q, k, v, past)
-    }
-
-    /// [`Attention::attend`] in the inputs' dtype.
-    fn attend_in(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: i64) -> Tensor {
         let rep = self.num_heads / self.num_kv_heads;
         let s = q.size()[2];
         let window = self.sliding_window;
@@ -827,6 +817,19 @@ impl Block {
     }
 }
 
+/// The dtype a model computing in `kind` on `device` applies RoPE and attention in: its own, except bf16 on CPU,
+/// which uses f32. libtorch's CPU kernels are slower in bf16 there: the flash attention kernel ~1.6x at 8k-16k
+/// tokens and the element-wise RoPE several times (docs/performance.md), and f32 is the more accurate of the two.
+/// The projections stay in bf16 and the attention output is cast back before `o_proj`, so the KV cache and
+/// the cos/sin tables ([`Llama`]'s rotary) are f32 for such a model.
+pub fn attend_kind(kind: Kind, device: Device) -> Kind {
+    if kind == Kind::BFloat16 && device == Device::Cpu {
+        Kind::Float
+    } else {
+        kind
+    }
+}
+
 /// A Llama-family causal LM on libtorch (Llama, Mistral, Qwen2, Phi-3: see [`ArchSpec`]). Its weights live in
 /// a `VarStore` under their HF names; the blocks hold handles to them.
 pub struct Llama {
@@ -958,7 +961,7 @@ impl Llama {
             let idx = match made.iter().position(|(c, _, _)| Arc::ptr_eq(c, t) || **c == **t) {
                 Some(i) => i,
                 None => {
-                    let (c, s) = rope::cos_sin_at(t, &pos, self.dtype);
+                    let (c, s) = rope::cos_sin_at(t, &pos, attend_kind(self.dtype, self.device));
                     made.push((t.clone(), c.view([pb, 1, ps, hd]), s.view([pb, 1, ps, hd])));
                     made.len() - 1
                 }

@@ -235,3 +235,50 @@ fn gguf_scaling_keys_are_read_as_llama_cpp_applies_them() {
     close(exported, theirs, "llama.cpp: yarn export vs its own yarn");
     close(ours(&out, 512, &[], &dir.path().join("e")), exported, "yarn export at 512");
 }
+
+/// The tables our loader builds for `exported` with its own scaling equal those of `src` under `scaling` (bound
+/// to `src`'s `L` and `target`), at every length in `lengths`.
+fn same_tables(src: &Path, scaling: &str, target: usize, exported: &Path, lengths: &[usize]) {
+    use longrope_core::scaling::{run_scaling, ScalingRequest};
+    longrope_scaling::link();
+    let summary = |p: &Path| longrope_models::llama::gguf_summary(&GgufFile::open(p).unwrap()).unwrap();
+    let (s, e) = (summary(src), summary(exported));
+    assert_eq!(e.max_position_embeddings, s.max_position_embeddings, "the export keeps L");
+    let direct = run_scaling(&s, ScalingRequest::from_spec(Some(scaling)).unwrap(), target).unwrap();
+    let own = run_scaling(&e, ScalingRequest::Default, target).unwrap();
+    for &l in lengths {
+        let (a, b) = (direct.schedule.tables(l).unwrap(), own.schedule.tables(l).unwrap());
+        for (x, y) in a.layers.iter().zip(&b.layers) {
+            assert!((x.attn_factor - y.attn_factor).abs() < 1e-6, "{scaling} at {l}: attention {} vs {}", x.attn_factor, y.attn_factor);
+            for (p, q) in x.inv_freq.iter().zip(&y.inv_freq) {
+                assert!((p - q).abs() <= 1e-6 * p.abs(), "{scaling} at {l}: inv_freq {p} vs {q}");
+            }
+        }
+    }
+}
+
+/// Qwen2 and Phi-3 GGUF files (llama.cpp's own converter, tests/fixtures/gguf): what llama.cpp reads for each
+/// architecture is what is written, and it reads back as the method.
+#[test]
+fn qwen2_and_phi3_exports_follow_what_llama_cpp_reads_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = |arch: &str| common::root().join(format!("tests/fixtures/gguf/tiny-{arch}.gguf"));
+    // Qwen2 reads no factor tensor: PI as llama.cpp's linear type and factor; anything per-dimension refused.
+    let out = dir.path().join("qwen2-pi.gguf");
+    let written = export(&fixture("qwen2"), "pi", Some(1024), &out);
+    assert_eq!((written["layout"].as_str(), written["tensors"].as_array().map(Vec::len)), (Some("linear"), Some(0)), "{written}");
+    let g = GgufFile::open(&out).unwrap();
+    assert_eq!(g.get("qwen2.rope.scaling.type").and_then(|v| v.as_str()), Some("linear"));
+    assert_eq!(g.get("qwen2.rope.scaling.factor").and_then(|v| v.as_f64()), Some(4.0));
+    same_tables(&fixture("qwen2"), "pi", 1024, &out, &[100, 600]);
+    let e = error(&["export", "gguf", "--model", s(&fixture("qwen2")), "--scaling", "yarn", "--target", "1024", "--out", s(&dir.path().join("q.gguf"))]);
+    assert!(e.contains("reads no RoPE factor tensors"), "{e}");
+    // Phi-3 always reads short and long lists: LongRoPE with its own two lists, switching at L = 32.
+    let toml = dir.path().join("phi3.toml");
+    std::fs::write(&toml, "method = \"longrope\"\nfactor = 8.0\nfactors = [1.0, 3.0, 6.0, 8.0]\nshort_factors = [1.0, 1.2, 1.5, 2.0]\n").unwrap();
+    let out = dir.path().join("phi3-lr.gguf");
+    let written = export(&fixture("phi3"), s(&toml), None, &out);
+    assert_eq!(written["layout"], "longrope", "{written}");
+    assert_eq!((written["original_context_length"].as_u64(), written["context_length"].as_u64()), (Some(32), Some(256)));
+    same_tables(&fixture("phi3"), s(&toml), 256, &out, &[16, 32, 33, 200]);
+}

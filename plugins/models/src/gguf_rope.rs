@@ -139,6 +139,11 @@ pub fn read(g: &GgufFile, spec: &ArchSpec, context: usize, rotary_dim: usize) ->
     let mut cs = read_hf_rope(&hb).map_err(|e| ModelError::corrupt(&g.path, e.to_string()))?;
     if let Some(cs) = &mut cs {
         cs.kind = kind;
+        // HF's `linear` takes `L` from `max_position_embeddings`; a GGUF that states its original context
+        // (llama.cpp's `n_ctx_orig_yarn`, as our exports do) is extended from that one.
+        if g.get(&key("scaling.original_context_length")).is_some() {
+            cs.original_max_position_embeddings = original;
+        }
     }
     Ok(cs)
 }

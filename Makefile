@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   set up, fetch the default model + corpus, build, and run the demo (the main job)
 #   make test   set up, fetch the assets, and run the whole test suite
-.PHONY: setup assets reference build test demo fixtures
+.PHONY: setup assets reference llamacpp build test demo fixtures
 
 setup:
 	scripts/setup.sh libtorch
@@ -12,6 +12,10 @@ assets: setup
 reference:
 	scripts/setup.sh reference
 
+# llama.cpp's llama-perplexity in .cache/llamacpp: tests/gguf_export.rs checks exported GGUF files with it.
+llamacpp:
+	scripts/setup.sh llamacpp
+
 build: setup
 	cargo build --release -p longrope
 
@@ -21,7 +25,7 @@ build: setup
 # missing) and started on a local port by scripts/postgres.sh, and stopped afterwards (docs/distributed.md).
 # The PostgreSQL tests are #[ignore]d for a plain `cargo test`; here --include-ignored runs them, and a server
 # that is missing or unreachable fails them. (Doc tests run apart: their `ignore` blocks are not tests.)
-test: assets
+test: assets llamacpp
 	cargo build --workspace
 	url=$$(scripts/postgres.sh start) && LONGROPE_TEST_POSTGRES=$$url cargo test --workspace --tests -- --include-ignored \
 	  && cargo test --workspace --doc; \
@@ -31,5 +35,5 @@ demo: assets build
 	scripts/demo.sh
 
 # Regenerate the golden fixtures under tests/fixtures from HF transformers (installs it into the venv).
-fixtures: reference assets
+fixtures: reference assets llamacpp
 	for f in scripts/fixtures/*.py; do .venv/bin/python $$f || exit 1; done

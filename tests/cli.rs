@@ -77,3 +77,53 @@ fn unknown_subcommand_fails() {
     let out = longrope(&["no-such-command"]);
     assert!(!out.status.success());
 }
+
+/// `bench compare` on the tiny Llama GGUF (ours and llama.cpp, 32 tokens): every requested implementation
+/// measured in its own process (tokens/s, peak RSS), the ceiling measured, the report and plots written; a bad
+/// `--impls` is refused.
+#[test]
+fn bench_compare_measures_each_implementation_and_writes_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::root().join("tests/fixtures/gguf/tiny-llama.gguf");
+    let llama = common::llama_perplexity();
+    let (out, stem) = (dir.path().join("perf.md"), dir.path().join("cost"));
+    let o = longrope(&[
+        "bench", "compare", "--model", model.to_str().unwrap(), "--impls", "ours,llama.cpp", "--lengths", "32,64",
+        "--dtypes", "f32", "--llama-perplexity", llama.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        "--plot", stem.to_str().unwrap(), "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let runs = doc["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4, "{doc}");
+    for r in runs {
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0 && r["peak_rss_mib"].as_f64().unwrap() > 1.0, "{r}");
+        assert!(r["gflops"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert!(runs.iter().any(|r| r["impl"] == "llama.cpp") && runs.iter().any(|r| r["impl"] == "ours"));
+    assert!(doc["ceilings"][0][1].as_f64().unwrap() > 0.0, "{doc}");
+    let report = std::fs::read_to_string(&out).unwrap();
+    assert!(report.contains("| 64 | llama.cpp |") && report.contains("Command"), "{report}");
+    for f in ["cost-throughput.png", "cost-throughput.svg", "cost-memory.png", "cost-memory.svg"] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+    let bad = longrope(&["bench", "compare", "--model", model.to_str().unwrap(), "--impls", "ours,vllm"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("`vllm` is not one of"));
+}
+
+/// `bench profile` on the tiny Llama GGUF: every component timed, shares summing to one, a real forward beside.
+#[test]
+fn bench_profile_times_each_component_against_a_real_forward() {
+    let model = common::root().join("tests/fixtures/gguf/tiny-llama.gguf");
+    let o = longrope(&["bench", "profile", "--model", model.to_str().unwrap(), "--lengths", "32,64", "--dtype", "bf16", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+    for r in runs.as_array().unwrap() {
+        let parts = r["components"].as_array().unwrap();
+        assert_eq!(parts.len(), 7, "{r}");
+        let share: f64 = parts.iter().map(|p| p["share"].as_f64().unwrap()).sum();
+        assert!((share - 1.0).abs() < 1e-9 && r["real_forward_seconds"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(parts.iter().all(|p| p["seconds"].as_f64().unwrap() > 0.0), "{r}");
+    }
+}

@@ -2,6 +2,8 @@
 //!
 //! - tiny random Llama (f32, one safetensors file, untied) and Mistral (bf16 shards, tied, sliding window 8):
 //!   logits to 1e-5; KV-cache continuation equal to a full forward;
+//! - tiny random Qwen2 and Phi-3 (`scripts/fixtures/arch_golden.py`), and tiny Llama / Qwen2 / Phi-3 as GGUF files
+//!   made by llama.cpp's own converter (`scripts/fixtures/gguf_arch_golden.py`): logits to 1e-5;
 //! - SmolLM2-135M GGUF (Q4_1/Q8_0/F32): logits to 1e-3 at ~200 tokens, mean NLL to 1e-4, tokenizer ids,
 //!   greedy 20 tokens, bf16 NLL within 1% of f32;
 //! - greedy generation rebuilds the KV cache when the tables change with the sequence length;
@@ -135,6 +137,44 @@ fn tiny_phi3_longrope_logits_equal_hf_below_and_above_the_window() {
         // the unscaled RoPE gives other logits (the factors are really applied)
         let plain = model.forward(&ids, &original(model.as_ref()), None).unwrap().squeeze_dim(0);
         assert!(max_abs_diff(&plain, &g[&format!("logits_{n}")]) > 1e-4, "phi3 at {n}: scaling has no effect");
+    }
+}
+
+/// The same tiny models as GGUF files converted by llama.cpp's own `convert_hf_to_gguf.py`
+/// (`scripts/fixtures/gguf_arch_golden.py`): our GGUF loader reads each architecture's llama.cpp layout (Llama's
+/// permuted Q/K; Qwen2's biases; Phi-3's fused `attn_qkv` / `ffn_up`, partial rotary, and its LongRoPE as
+/// `rope_factors_short/long.weight` + `rope.scaling.attn_factor`) into the logits HF computes from safetensors.
+#[test]
+fn tiny_gguf_files_from_llama_cpp_converter_give_hf_logits() {
+    let gguf = |arch: &str| common::root().join(format!("tests/fixtures/gguf/tiny-{arch}.gguf"));
+    let check = |arch: &str, model: &dyn LanguageModel, tables: &LayerTables, ids: &Tensor, expected: &Tensor| {
+        let logits = model.forward(&ids.unsqueeze(0), tables, None).unwrap().squeeze_dim(0);
+        let diff = max_abs_diff(&logits, expected);
+        eprintln!("{arch} GGUF ({} tokens): max |logits - HF| = {diff:e}", ids.size()[0]);
+        assert!(diff <= 1e-5, "{arch} GGUF: max |logits - HF| = {diff}");
+    };
+    let llama = load(&gguf("llama"), Kind::Float);
+    assert_eq!((llama.summary().arch.as_str(), llama.summary().format.as_str()), ("llama", "gguf"));
+    let g = golden("tiny_llama_golden.safetensors");
+    check("llama", llama.as_ref(), &original(llama.as_ref()), &g["input_ids"], &g["logits"]);
+
+    // llama.cpp's qwen2 converter writes no sliding window (llama.cpp runs Qwen2 without one): compare the first
+    // 8 positions, which HF's window of 8 on layer 1 does not reach.
+    let qwen2 = load(&gguf("qwen2"), Kind::Float);
+    assert_eq!((qwen2.summary().arch.as_str(), qwen2.summary().tied_embeddings), ("qwen2", true));
+    let g = golden("tiny_qwen2_golden.safetensors");
+    check("qwen2", qwen2.as_ref(), &original(qwen2.as_ref()), &g["input_ids"].narrow(0, 0, 8), &g["logits_48"].narrow(0, 0, 8));
+
+    let phi3 = load(&gguf("phi3"), Kind::Float);
+    let s = phi3.summary();
+    assert_eq!((s.arch.as_str(), s.rope_dim(), s.max_position_embeddings), ("phi3", 8, 32));
+    let own = s.checkpoint_scaling.as_ref().expect("Phi-3's factor tensors");
+    assert_eq!((own.method.as_str(), own.original_max_position_embeddings, own.max_position_embeddings), ("longrope", 32, 128));
+    let g = golden("tiny_phi3_golden.safetensors");
+    for n in [24usize, 80] {
+        let run = longrope_core::scaling::run_scaling(s, longrope_core::scaling::ScalingRequest::Default, n).unwrap();
+        let tables = run.schedule.tables(n).unwrap();
+        check("phi3", phi3.as_ref(), &tables, &g["input_ids"].narrow(0, 0, n as i64), &g[&format!("logits_{n}")]);
     }
 }
 

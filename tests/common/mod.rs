@@ -77,6 +77,15 @@ pub fn tiny_mistral() -> PathBuf {
     root().join("tests/fixtures/tiny-mistral")
 }
 
+/// llama.cpp's `llama-perplexity` built by `scripts/setup.sh llamacpp` (`make test` builds it), or
+/// `LONGROPE_LLAMA_PERPLEXITY`. Its absence is a failure, never a skip.
+pub fn llama_perplexity() -> PathBuf {
+    let p = std::env::var_os("LONGROPE_LLAMA_PERPLEXITY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache/llamacpp/bin/llama-perplexity"));
+    assert!(p.exists(), "{} is missing: run `make llamacpp` (scripts/setup.sh llamacpp) or set LONGROPE_LLAMA_PERPLEXITY", p.display());
+    p
+}
 /// A text the tiny model's byte-level tokenizer turns into a few thousand tokens.
 pub fn corpus_text() -> String {
     let words = ["the", "river", "ran", "past", "old", "mill", "and", "a", "heron", "stood", "very", "still", "while", "rain", "fell"];

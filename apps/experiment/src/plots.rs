@@ -1,5 +1,5 @@
 //! Plots with `plotters`, each written as PNG and SVG: perplexity vs context length per method (log-x and
-//! log-y axes, the trained context marked), a passkey accuracy heatmap (method x length), the search
+//! log-y axes, the trained context marked), a cost (tokens/s, memory) vs context length, a passkey accuracy heatmap (method x length), the search
 //! fitness curve (best fitness vs evaluations), and fine-tune loss curves (loss vs tokens). Text needs a TrueType font: the first of [`FONT_PATHS`] that
 //! exists (Debian's `fonts-dejavu-core`), or the file named by `LONGROPE_PLOT_FONT`.
 
@@ -207,6 +207,18 @@ pub fn ppl_vs_length(stem: &Path, title: &str, series: &[Series], trained: Optio
     let ydesc = if logy { "perplexity (log scale)" } else { "perplexity" };
     both!(stem, (960, 620), |root| {
         line_chart!(&root, title, "context length (tokens, log scale)", ydesc, series, xr, yr, logy, vline, |x: &f64| log2_label(*x))
+    })
+}
+
+/// A cost vs context length (tokens/s, peak memory), one line per series: log2 x axis labelled with lengths,
+/// linear y from 0.
+pub fn metric_vs_length(stem: &Path, title: &str, ydesc: &str, series: &[Series]) -> Result<Vec<PathBuf>> {
+    let series: Vec<Series> = series.iter().map(|(n, p)| (n.clone(), p.iter().map(|&(x, y)| (x.log2(), y)).collect())).collect();
+    let xr = lin_span(series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)), 0.05, 0.3);
+    let top = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).filter(|v| v.is_finite()).fold(0f64, f64::max);
+    let yr = (0.0, (top * 1.1).max(1e-9));
+    both!(stem, (960, 620), |root| {
+        line_chart!(&root, title, "context length (tokens, log scale)", ydesc, series, xr, yr, false, None::<f64>, |x: &f64| log2_label(*x))
     })
 }
 

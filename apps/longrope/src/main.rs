@@ -56,6 +56,8 @@ enum Command {
     /// Fine-tune a model under a scaling method (full or LoRA, PoSE, mixed windows), resumable, exported as an
     /// HF directory.
     Finetune(cmd::finetune::Args),
+    /// Write a model with a scaling method for the tools people deploy with: `export gguf` (llama.cpp, ollama).
+    Export(cmd::export::Args),
     /// Evaluate the trials of searches and experiments kept in a database (`--storage URL`), on any machine,
     /// until the work is done.
     Worker(cmd::worker::Args),
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
         Command::Compare(a) => cmd::compare::run(a),
         Command::Search(a) => cmd::search::run(a),
         Command::Finetune(a) => cmd::finetune::run(a),
+        Command::Export(a) => cmd::export::run(a),
         Command::Worker(a) => cmd::worker::run(a),
         Command::Study(a) => cmd::study::run(a),
     };

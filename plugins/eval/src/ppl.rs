@@ -13,9 +13,15 @@
 //!   at `0, stride, 2*stride, ... < seq_len` and end at `min(begin + max_tokenized_len, seq_len)`, so the last
 //!   window is shorter when it reaches the limit or the document's end; the loop stops at `seq_len`;
 //! - `full`: every window is exactly `max_tokenized_len` document tokens; a window that would run past the
-//!   document is dropped; at most `max_sliding_count` windows.
+//!   document is dropped; at most `max_sliding_count` windows;
+//! - `chunks`: llama.cpp's `llama-perplexity` (`tools/perplexity/perplexity.cpp`, `perplexity()`): the document
+//!   is cut into non-overlapping chunks of `max_tokenized_len` tokens (a shorter tail is dropped), at most
+//!   `max_sliding_count` of them (its `--chunks`), and only each chunk's second half is scored: targets at input
+//!   positions `num_tokens / 2 + 1 ..` (llama.cpp's `first = n_ctx / 2`, the logits of positions
+//!   `first .. n_ctx - 2`). Two differences remain: llama.cpp tokenizes a whole file as one stream where a corpus
+//!   here is split into documents, and with a BOS it overwrites each chunk's first token where we prepend it.
 //!
-//! Both: each window is `[BOS] + doc[begin..end]` and only its new tokens are scored, the last
+//! `reference` and `full`: each window is `[BOS] + doc[begin..end]` and only its new tokens are scored, the last
 //! `trg_len = end - prev_end` labels (HF's `target_ids[:, :-trg_len] = -100`, then the causal shift, so input
 //! position 0 is never a target). `truncate` first cuts each document to `max_tokenized_len` tokens and strides by
 //! that, i.e. one window of the document's first tokens.
@@ -59,6 +65,9 @@ pub enum WindowRule {
     /// Only full windows (`num_tokens` inputs each), at most `max_sliding_count` of them: every scored window has
     /// the full context and the same weight (the reference's last window may score a single token).
     Full,
+    /// llama.cpp's `llama-perplexity`: non-overlapping chunks of `num_tokens` inputs, at most `max_sliding_count`
+    /// of them, each scored on its second half only (see the module doc).
+    Chunks,
 }
 
 /// Which documents are evaluated (see the module doc).
@@ -88,6 +97,13 @@ pub fn windows(
     let seq_len = match rule {
         WindowRule::Reference => doc_len.min(max_count.saturating_mul(stride)),
         WindowRule::Full => doc_len,
+        WindowRule::Chunks => {
+            // llama.cpp's `first = n_ctx / 2` and its logits `first .. n_ctx - 2`: targets from `n_ctx / 2 + 1`.
+            let score_from = num_tokens / 2 + 1;
+            return (0..(doc_len / max_len).min(max_count))
+                .map(|k| Window { begin: k * max_len, end: (k + 1) * max_len, score_from })
+                .collect();
+        }
     };
     let mut out = Vec::new();
     let mut prev_end = 0;
@@ -96,7 +112,7 @@ pub fn windows(
         let end = match rule {
             WindowRule::Reference => (begin + max_len).min(seq_len),
             WindowRule::Full if begin + max_len > seq_len || out.len() >= max_count => break,
-            WindowRule::Full => begin + max_len,
+            WindowRule::Full | WindowRule::Chunks => begin + max_len,
         };
         let trg_len = end - prev_end;
         let input_len = end - begin + usize::from(bos);
@@ -135,7 +151,7 @@ pub struct PplConfig {
     /// Which documents: `reference` (default) or `per_length`.
     #[serde(default)]
     pub selection: Selection,
-    /// How windows are laid: `reference` (default) or `full`.
+    /// How windows are laid: `reference` (default), `full` or `chunks` (llama.cpp's).
     #[serde(default)]
     pub windows: WindowRule,
     /// Prepend BOS: `true`, `false`, or unset = when the model has a BOS token (the reference's rule).
@@ -257,11 +273,12 @@ impl Evaluator for Perplexity {
             ));
         }
         let empty: Vec<String> = plan.iter().filter(|(_, w)| w.is_empty()).map(|(i, _)| data.doc_name(*i)).collect();
-        if !empty.is_empty() && c.windows == WindowRule::Full {
+        if !empty.is_empty() && c.windows != WindowRule::Reference {
+            let rule = serde_json::to_value(c.windows).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
             return Err(Error::invalid(
                 "ppl data",
                 format!(
-                    "{} hold no full window of {max_len} tokens (windows = \"full\"): choose documents with \
+                    "{} hold no full window of {max_len} tokens (windows = \"{rule}\"): choose documents with \
                      dataset_min_tokens >= {max_len} or selection = \"per_length\"",
                     empty.join(", ")
                 ),
@@ -359,6 +376,22 @@ mod tests {
         assert_eq!(windows(10_000, 100, false, 10, 3, false, FULL).len(), 3);
         assert_eq!(spans(&windows(10_000, 100, false, 10, 3, false, REF)), vec![(0, 30, 1)]);
         assert!(windows(50, 100, false, 10, 10, false, FULL).is_empty());
+    }
+
+    #[test]
+    fn chunks_are_llama_cpp_perplexity() {
+        // -c 512 over 1300 tokens: chunks [0, 512) and [512, 1024), the tail dropped; each scores the tokens at
+        // 257..511 of its chunk (llama.cpp's first = 256, logits 256..510, count n_ctx - first - 1 = 255).
+        let w = windows(1300, 512, false, 256, 10, false, WindowRule::Chunks);
+        assert_eq!(spans(&w), vec![(0, 512, 257), (512, 1024, 257)]);
+        assert_eq!(512 - w[0].score_from, 255);
+        // --chunks 1; stride and truncate-to-one-chunk; too short a document has no chunk.
+        assert_eq!(spans(&windows(1300, 512, false, 7, 1, false, WindowRule::Chunks)), vec![(0, 512, 257)]);
+        assert_eq!(windows(1300, 512, false, 256, 10, true, WindowRule::Chunks).len(), 1);
+        assert!(windows(511, 512, false, 256, 10, false, WindowRule::Chunks).is_empty());
+        // With a BOS prepended: 511 document tokens a chunk, input positions scored as before.
+        assert_eq!(spans(&windows(1100, 512, true, 256, 10, false, WindowRule::Chunks)), vec![(0, 511, 257), (511, 1022, 257)]);
+        assert_eq!(serde_json::to_value(WindowRule::Chunks).unwrap(), "chunks");
     }
 
     #[test]

@@ -410,11 +410,20 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 impl GgufFile {
-    /// The bytes of a new file: this one with the metadata keys in `remove` and in `set` dropped, `set`'s
+    /// Stream a new file into `w`: this one with the metadata keys in `remove` and in `set` dropped, `set`'s
     /// entries appended, the tensors named in `drop_tensors` left out of the tensor list, and `add` (name, f32
     /// values, a 1-D tensor each) appended after the data. Every other metadata entry and every byte of the
-    /// data section are copied verbatim, so kept tensors are byte-identical (their offsets do not change).
-    pub fn rewrite(&self, remove: &[&str], set: &[(&str, NewValue)], drop_tensors: &[&str], add: &[(&str, Vec<f32>)]) -> Vec<u8> {
+    /// data section are copied verbatim, so kept tensors are byte-identical (their offsets do not change; a
+    /// dropped tensor's bytes stay in the data section, unreferenced). Only the header is built in memory; the
+    /// data section is copied from the memory map. Returns the bytes written.
+    pub fn write_rewritten(
+        &self,
+        w: &mut dyn std::io::Write,
+        remove: &[&str],
+        set: &[(&str, NewValue)],
+        drop_tensors: &[&str],
+        add: &[(&str, Vec<f32>)],
+    ) -> std::io::Result<u64> {
         let align = |n: usize| n.div_ceil(self.alignment as usize) * self.alignment as usize;
         let keep_kv: Vec<&(String, std::ops::Range<usize>)> = self
             .raw_metadata
@@ -423,7 +432,7 @@ impl GgufFile {
             .collect();
         let keep_t: Vec<&TensorInfo> = self.tensors.iter().filter(|t| !drop_tensors.contains(&t.name.as_str())).collect();
         let data_len = self.mmap.len() - self.data_start as usize;
-        let mut out = Vec::with_capacity(self.mmap.len() + 4096);
+        let mut out = Vec::with_capacity(4096);
         out.extend(MAGIC);
         out.extend(self.version.to_le_bytes());
         out.extend(((keep_t.len() + add.len()) as u64).to_le_bytes());
@@ -478,12 +487,17 @@ impl GgufFile {
             next = align(next as usize + 4 * values.len()) as u64;
         }
         out.resize(align(out.len()), 0);
-        out.extend(&self.mmap[self.data_start as usize..]);
+        w.write_all(&out)?;
+        let data = &self.mmap[self.data_start as usize..];
+        w.write_all(data)?;
+        let mut written = data.len();
         for (_, values) in add {
-            out.resize(align(out.len()), 0);
-            out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+            w.write_all(&vec![0u8; align(written) - written])?;
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            w.write_all(&bytes)?;
+            written = align(written) + bytes.len();
         }
-        out
+        Ok((out.len() + written) as u64)
     }
 
     /// The raw bytes of the tensor `name` (for byte-identity checks).

@@ -20,8 +20,11 @@
 //! context size (`-c`), HF and we by the sequence length (`l > L`); with llama-perplexity's full chunks of
 //! `-c` tokens the two agree.
 //!
-//! Status: exercised by the tests only on files without scaling keys (SmolLM2); files that carry
-//! `rope.scaling.*` keys or factor tensors have not been checked against llama.cpp yet (issue 14, item 3).
+//! Checked against llama.cpp itself (`tests/gguf_export.rs`, with its `llama-perplexity`): SmolLM2 with
+//! `rope.scaling.type = yarn` / `linear` keys scores as our `yarn` / `pi` (to 1e-6) and as llama.cpp's own
+//! scaling (within the Q4_1 tolerance); `rope_freqs.weight`, `rope.scaling.attn_factor` and the
+//! `rope_factors_short/long.weight` switch at `original_context_length` are read as llama.cpp applies them.
+//! Qwen2 and Phi-3 GGUF files are read by the same code but no such file was available to test.
 
 use longrope_core::model::CheckpointScaling;
 use longrope_core::scaling::hf::{read_hf_rope, HfRopeBlock};
@@ -136,6 +139,11 @@ pub fn read(g: &GgufFile, spec: &ArchSpec, context: usize, rotary_dim: usize) ->
     let mut cs = read_hf_rope(&hb).map_err(|e| ModelError::corrupt(&g.path, e.to_string()))?;
     if let Some(cs) = &mut cs {
         cs.kind = kind;
+        // HF's `linear` takes `L` from `max_position_embeddings`; a GGUF that states its original context
+        // (llama.cpp's `n_ctx_orig_yarn`, as our exports do) is extended from that one.
+        if g.get(&key("scaling.original_context_length")).is_some() {
+            cs.original_max_position_embeddings = original;
+        }
     }
     Ok(cs)
 }

@@ -239,6 +239,30 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
+    /// The [`ModelSummary`] of a checkpoint with this config (`format`: `gguf` or `safetensors`; `weight_dtype`:
+    /// the storage types of its weights), as [`LanguageModel::summary`] reports it once loaded.
+    pub fn summary(&self, spec: &ArchSpec, format: &str, weight_dtype: String) -> ModelSummary {
+        ModelSummary {
+            arch: spec.name.to_string(),
+            format: format.to_string(),
+            num_layers: self.num_layers,
+            hidden_size: self.hidden_size,
+            num_heads: self.num_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            vocab_size: self.vocab_size,
+            rope_base: self.rope_theta,
+            max_position_embeddings: self.max_position_embeddings,
+            sliding_window: self.sliding_window,
+            tied_embeddings: self.tie_word_embeddings,
+            weight_dtype,
+            bos_token_id: self.bos_token_id,
+            eos_token_id: self.eos_token_id,
+            checkpoint_scaling: self.checkpoint_scaling.clone(),
+            rotary_dim: (self.rotary_dim != self.head_dim).then_some(self.rotary_dim),
+        }
+    }
+
     /// Check sizes: positive and within `longrope_core::limits` (or generous bounds of their own), heads divide,
     /// even head_dim, sane epsilon and base. Nothing is allocated from a config before it passes.
     pub fn validate(&self, path: &Path) -> Result<()> {
@@ -288,6 +312,27 @@ impl LlamaConfig {
 /// The layout of an architecture of this crate by plugin name.
 pub fn arch_spec(name: &str) -> Option<&'static ArchSpec> {
     [&LLAMA, &crate::mistral::MISTRAL, &crate::qwen2::QWEN2, &crate::phi3::PHI3].into_iter().find(|s| s.name == name)
+}
+
+/// The storage types of a GGUF file's weights (the tensors `spec` maps to HF names), most frequent first:
+/// `Q4_1, Q8_0, F32`.
+fn gguf_weight_types(g: &GgufFile, spec: &ArchSpec) -> String {
+    let mut types: BTreeMap<String, usize> = BTreeMap::new();
+    for t in g.tensors.iter().filter(|t| hf_name(&t.name, spec).is_some()) {
+        *types.entry(t.ggml_type.name()).or_default() += 1;
+    }
+    let mut types: Vec<(String, usize)> = types.into_iter().collect();
+    types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    types.into_iter().map(|(t, _)| t).collect::<Vec<_>>().join(", ")
+}
+
+/// The summary of an open GGUF file (architecture from `general.architecture`), read from its metadata alone:
+/// no weight is dequantised, so this is cheap for any model size.
+pub fn gguf_summary(g: &GgufFile) -> Result<ModelSummary> {
+    let arch = g.get_str("general.architecture")?;
+    let spec = arch_spec(arch).ok_or_else(|| ModelError::config(&g.path, "general.architecture", format!("`{arch}` has no known GGUF layout")))?;
+    let config = LlamaConfig::from_gguf(g, spec)?;
+    Ok(config.summary(spec, "gguf", gguf_weight_types(g, spec)))
 }
 
 /// The sliding window of an HF config under `rule`: the window and, when not every layer uses it, which do.
@@ -399,10 +444,8 @@ impl Checkpoint {
         let config = LlamaConfig::from_gguf(&g, spec)?;
         let tokenizer = tokenizer::from_gguf(&g)?;
         let mut tensors = HashMap::new();
-        let mut types: BTreeMap<String, usize> = BTreeMap::new();
         for t in &g.tensors {
             let Some(name) = hf_name(&t.name, spec) else { continue };
-            *types.entry(t.ggml_type.name()).or_default() += 1;
             let values = g.dequantize(t)?;
             let mut w = Tensor::f_from_slice(&values)?.f_reshape(t.shape.as_slice())?;
             if spec.gguf_permuted_qk && name.contains("q_proj.") {
@@ -415,9 +458,7 @@ impl Checkpoint {
         if spec.fused_qkv {
             fuse_qkv(&mut tensors, config.num_layers);
         }
-        let mut types: Vec<(String, usize)> = types.into_iter().collect();
-        types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let weight_dtype = types.into_iter().map(|(t, _)| t).collect::<Vec<_>>().join(", ");
+        let weight_dtype = gguf_weight_types(&g, spec);
         Ok(Checkpoint { spec, path: path.to_path_buf(), format: "gguf", config, tensors, weight_dtype, tokenizer })
     }
 
@@ -598,9 +639,10 @@ impl Attention {
                 (y.narrow(2, 0, nh * hd), y.narrow(2, nh * hd, nkv * hd), y.narrow(2, (nh + nkv) * hd, nkv * hd))
             }
         };
-        let q = q.reshape([b, s, nh, hd]).transpose(1, 2);
-        let k = k.reshape([b, s, nkv, hd]).transpose(1, 2);
-        let mut v = v.reshape([b, s, nkv, hd]).transpose(1, 2);
+        // A bf16 model on CPU rotates and attends in f32 (see `attend_kind`): cast once, here.
+        let attend_kind = attend_kind(x.kind(), x.device());
+        let heads = |t: Tensor, n: i64| t.reshape([b, s, n, hd]).transpose(1, 2).to_kind(attend_kind);
+        let (q, k, mut v) = (heads(q, nh), heads(k, nkv), heads(v, nkv));
         let q = self.rotate(&q, cos, sin);
         let mut k = self.rotate(&k, cos, sin);
         if let Some(slot) = cache {
@@ -610,11 +652,12 @@ impl Attention {
             }
             *slot = Some((k.shallow_clone(), v.shallow_clone()));
         }
-        let attn = self.attend(&q, &k, &v, past);
+        let attn = self.attend(&q, &k, &v, past).to_kind(x.kind());
         self.o_proj.forward(&attn.transpose(1, 2).reshape([b, s, nh * hd]))
     }
 
-    /// Causal (optionally sliding-window) attention of queries at positions `past ..` over all keys.
+    /// Causal (optionally sliding-window) attention of queries at positions `past ..` over all keys, in the
+    /// inputs' dtype.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: i64) -> Tensor {
         let rep = self.num_heads / self.num_kv_heads;
         let s = q.size()[2];
@@ -628,10 +671,12 @@ impl Attention {
             let out = Tensor::scaled_dot_product_attention(&grouped, k, v, None::<Tensor>, 0.0, false, None, false);
             return out.reshape([qs[0], qs[1], 1, qs[3]]);
         }
-        let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
         if window.is_none() && past == 0 {
-            return Tensor::scaled_dot_product_attention(q, &k, &v, None::<Tensor>, 0.0, true, None, false);
+            // Causal over the whole sequence: libtorch's flash kernel (CPU and CUDA) reads the shared KV heads
+            // itself (`enable_gqa`), so K and V are not copied `rep` times.
+            return Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, true, None, rep > 1);
         }
+        let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
         if window.is_none() && s == 1 {
             return Tensor::scaled_dot_product_attention(q, &k, &v, None::<Tensor>, 0.0, false, None, false);
         }
@@ -772,6 +817,19 @@ impl Block {
     }
 }
 
+/// The dtype a model computing in `kind` on `device` applies RoPE and attention in: its own, except bf16 on CPU,
+/// which uses f32. libtorch's CPU kernels are slower in bf16 there: the flash attention kernel ~1.6x at 8k-16k
+/// tokens and the element-wise RoPE several times (docs/performance.md), and f32 is the more accurate of the two.
+/// The projections stay in bf16 and the attention output is cast back before `o_proj`, so the KV cache and
+/// the cos/sin tables ([`Llama`]'s rotary) are f32 for such a model.
+pub fn attend_kind(kind: Kind, device: Device) -> Kind {
+    if kind == Kind::BFloat16 && device == Device::Cpu {
+        Kind::Float
+    } else {
+        kind
+    }
+}
+
 /// A Llama-family causal LM on libtorch (Llama, Mistral, Qwen2, Phi-3: see [`ArchSpec`]). Its weights live in
 /// a `VarStore` under their HF names; the blocks hold handles to them.
 pub struct Llama {
@@ -827,25 +885,7 @@ impl Llama {
         }
         let norm = RmsNorm::load(&(&model / "norm"), &mut ld, h, c.rms_norm_eps)?;
         let lm_head = if c.tie_word_embeddings { None } else { Some(ld.take(&(&root / "lm_head"), "weight", &[v, h])?) };
-        let summary = ModelSummary {
-            arch: spec.name.to_string(),
-            format: format.to_string(),
-            num_layers: c.num_layers,
-            hidden_size: c.hidden_size,
-            num_heads: c.num_heads,
-            num_kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-            vocab_size: c.vocab_size,
-            rope_base: c.rope_theta,
-            max_position_embeddings: c.max_position_embeddings,
-            sliding_window: c.sliding_window,
-            tied_embeddings: c.tie_word_embeddings,
-            weight_dtype,
-            bos_token_id: c.bos_token_id,
-            eos_token_id: c.eos_token_id,
-            checkpoint_scaling: c.checkpoint_scaling.clone(),
-            rotary_dim: (c.rotary_dim != c.head_dim).then_some(c.rotary_dim),
-        };
+        let summary = c.summary(spec, format, weight_dtype);
         Ok(Llama {
             config: c,
             spec,
@@ -921,7 +961,7 @@ impl Llama {
             let idx = match made.iter().position(|(c, _, _)| Arc::ptr_eq(c, t) || **c == **t) {
                 Some(i) => i,
                 None => {
-                    let (c, s) = rope::cos_sin_at(t, &pos, self.dtype);
+                    let (c, s) = rope::cos_sin_at(t, &pos, attend_kind(self.dtype, self.device));
                     made.push((t.clone(), c.view([pb, 1, ps, hd]), s.view([pb, 1, ps, hd])));
                     made.len() - 1
                 }

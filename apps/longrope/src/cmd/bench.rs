@@ -7,6 +7,9 @@
 //! `/proc/self/clear_refs` (Linux), so each number is that run's peak (weights included).
 //! `scripts/bench_hf.py` measures HF transformers the same way.
 //!
+//! `longrope bench compare`: ours, HF transformers and llama.cpp side by side (`bench_compare.rs`);
+//! `longrope bench profile`: where the forward's time goes (`bench_profile.rs`).
+//!
 //! `longrope bench train --config FT.toml --steps 6 --dtypes f32,bf16`: the same fine-tune steps (same data,
 //! same initial weights) in each compute dtype: tokens/s (mean over the steps after the first), peak RSS, and
 //! each dtype's loss curve against f32's (largest relative difference per step), which is how the project
@@ -38,6 +41,11 @@ enum BenchCommand {
     Decode(DecodeArgs),
     /// Run the same fine-tune steps in several compute dtypes: tokens/s, peak RSS, loss curves against f32.
     Train(TrainArgs),
+    /// Ours vs HF transformers vs llama.cpp in one interleaved run: tokens/s, peak RSS, ratios, GFLOP/s against
+    /// a matmul ceiling measured on the spot.
+    Compare(super::bench_compare::CompareArgs),
+    /// Where the forward's time goes: each layer component timed on the model's shapes, against a real forward.
+    Profile(super::bench_profile::ProfileArgs),
 }
 
 /// Arguments of `longrope bench train`.
@@ -106,6 +114,8 @@ pub fn run(args: Args) -> Result<()> {
         BenchCommand::Forward(a) => forward(a),
         BenchCommand::Decode(a) => decode(a),
         BenchCommand::Train(a) => train(a),
+        BenchCommand::Compare(a) => super::bench_compare::compare(a),
+        BenchCommand::Profile(a) => super::bench_profile::profile(a),
     }
 }
 

@@ -62,8 +62,8 @@ pub struct Args {
     /// value for every length, so every length is measured on the same documents.
     #[arg(long)]
     dataset_min_tokens: Option<usize>,
-    /// ppl: `reference` (default: the last window ends at the token budget or the document's end) or `full`
-    /// (only full windows).
+    /// ppl: `reference` (default: the last window ends at the token budget or the document's end), `full`
+    /// (only full windows) or `chunks` (llama.cpp's llama-perplexity: non-overlapping chunks, second half scored).
     #[arg(long, value_name = "RULE")]
     windows: Option<String>,
     /// ppl: `reference` (default: --dataset-min-tokens, the same documents at every length) or `per-length`
@@ -258,7 +258,7 @@ pub fn run(which: Which, args: Args) -> Result<()> {
     let trained = model.summary().original_context();
     let longest = args.lengths.iter().copied().max().unwrap_or(trained);
     let target = args.target.unwrap_or(longest.max(trained));
-    let schedule = schedule(model.as_ref(), args.scaling.as_deref(), Some(target))?;
+    let schedule = schedule(model.summary(), args.scaling.as_deref(), Some(target))?;
     // The tables of every length are checked now, before any compute (a dynamic plugin's fields are only
     // known to it; an out-of-range table names the --scaling file here).
     for &length in &args.lengths {

@@ -49,7 +49,7 @@ pub fn run(args: Args) -> Result<()> {
         limits::context("--target", t, 1)?;
     }
     let model = load_model(&args.model, &args.device, &args.dtype, None)?;
-    let schedule = schedule(model.as_ref(), args.scaling.as_deref(), args.target)?;
+    let schedule = schedule(model.summary(), args.scaling.as_deref(), args.target)?;
     let enc = model.tokenizer().encode(args.prompt.as_str(), true).map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
     let prompt_ids: Vec<u32> = enc.get_ids().to_vec();
     let new_ids = greedy_generate(model.as_ref(), &prompt_ids, args.max_new_tokens, &schedule, !args.ignore_eos)?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use longrope_core::device::{parse_device, parse_dtype};
-use longrope_core::model::{LanguageModel, LoadOptions};
+use longrope_core::model::{LanguageModel, LoadOptions, ModelSummary};
 use longrope_core::scaling::{run_scaling, LayerTables, RopeSchedule, ScalingRequest, ScalingSource};
 
 /// Arguments of `longrope model`.
@@ -89,8 +89,7 @@ pub fn load_model(
 /// `rope_scaling` / `rope_parameters`, GGUF `rope.scaling.*`) bound to the contexts it declares, else `none`.
 /// `--scaling checkpoint` asks for the checkpoint's own method explicitly. When an explicit method replaces the
 /// checkpoint's own, or the checkpoint's own is used, a line on stderr says so.
-pub fn schedule(model: &dyn LanguageModel, scaling: Option<&str>, target: Option<usize>) -> Result<RopeSchedule> {
-    let s = model.summary();
+pub fn schedule(s: &ModelSummary, scaling: Option<&str>, target: Option<usize>) -> Result<RopeSchedule> {
     let spec = scaling.unwrap_or("(default)");
     let request = ScalingRequest::from_spec(scaling).with_context(|| format!("--scaling {spec}"))?;
     let run = run_scaling(s, request, target.unwrap_or(s.original_context())).with_context(|| format!("--scaling {spec}"))?;

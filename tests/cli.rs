@@ -97,8 +97,12 @@ fn bench_compare_measures_each_implementation_and_writes_its_report() {
     let runs = doc["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 4, "{doc}");
     for r in runs {
-        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0 && r["peak_rss_mib"].as_f64().unwrap() > 1.0, "{r}");
-        assert!(r["gflops"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["peak_rss_mib"].as_f64().unwrap() > 1.0, "{r}");
+        // llama-perplexity prints its time per pass with 2 decimals: on 32 tokens of a tiny model it may read
+        // 0.00 s, which is reported as no throughput (null), never as infinity.
+        if r["impl"] == "ours" || r["tokens_per_s"].is_number() {
+            assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0 && r["gflops"].as_f64().unwrap() > 0.0, "{r}");
+        }
     }
     assert!(runs.iter().any(|r| r["impl"] == "llama.cpp") && runs.iter().any(|r| r["impl"] == "ours"));
     assert!(doc["ceilings"][0][1].as_f64().unwrap() > 0.0, "{doc}");

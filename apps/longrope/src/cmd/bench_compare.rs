@@ -240,7 +240,9 @@ pub fn compare(args: CompareArgs) -> Result<()> {
                     .lines()
                     .find_map(|l| l.split(" seconds per pass").next().filter(|_| l.contains("seconds per pass")).and_then(|h| h.split_whitespace().last()).and_then(|s| s.parse::<f64>().ok()))
                     .with_context(|| format!("llama-perplexity printed no `seconds per pass` ({})", log.display()))?;
-                record(("llama.cpp".into(), weights.clone(), len), (len as f64 / secs, c.peak_rss_mib));
+                // It prints seconds with 2 decimals: a pass under 5 ms reads 0.00 and has no throughput.
+                let tps = if secs > 0.0 { len as f64 / secs } else { f64::NAN };
+                record(("llama.cpp".into(), weights.clone(), len), (tps, c.peak_rss_mib));
             }
         }
     }

@@ -194,3 +194,67 @@ fn model_fitness_matches_the_evaluator_on_the_exported_best() {
     let measured = doc["results"][0]["ppl"].as_f64().unwrap();
     assert!((measured - best_fitness).abs() <= 1e-9 * best_fitness, "ppl of best_scaling.toml {measured} vs best fitness {best_fitness} ({best})");
 }
+
+/// Racing over 3 documents with the tiny random Llama (trained context 256, target 512): `exact` racing
+/// proposes the same candidates as the unraced search, every candidate it lets finish has the unraced fitness
+/// bit for bit, and the best factors are the same; `observed` racing stops candidates (fewer tokens read).
+/// Racing with an evaluator that does not split into documents is refused.
+#[test]
+fn racing_over_documents_keeps_the_selection_and_reads_fewer_tokens() {
+    let dir = out_dir("racing");
+    let corpus = dir.join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let text = common::corpus_text();
+    let words: Vec<&str> = text.split(' ').collect();
+    std::fs::write(corpus.join("a.txt"), &text).unwrap();
+    std::fs::write(corpus.join("b.txt"), words.iter().rev().copied().collect::<Vec<_>>().join(" ")).unwrap();
+    std::fs::write(corpus.join("c.txt"), "the quick brown fox jumps over the lazy dog. ".repeat(200)).unwrap();
+    let run = |racing: &str, evaluator: &str| {
+        let cfg = dir.join(format!("search-{racing}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "seed = 1\ntarget_length = 512\n[model]\npath = {:?}\n[fitness]\nevaluator = {evaluator:?}\ndocuments = 3\n\
+                 racing = {racing:?}\ncorpus = [{:?}]\n[space]\nmode = \"paper\"\nkind = \"dim_mono\"\n\
+                 [strategy]\nstrategy = \"evolution\"\npopulation_size = 6\niterations = 3\nmutation_numbers = 2\n\
+                 crossover_size = 2\nparents_size = 2\n",
+                common::tiny_llama().display().to_string(),
+                corpus.display().to_string()
+            ),
+        )
+        .unwrap();
+        let out = dir.join(racing);
+        let o = longrope(&["search", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--no-progress"]);
+        (o, out)
+    };
+    let (o, off) = run("off", "ppl");
+    ok(&o);
+    let (o, exact) = run("exact", "ppl");
+    ok(&o);
+    let (o, observed) = run("observed", "ppl");
+    let printed = ok(&o);
+    let (plain, raced) = (history(&off), history(&exact));
+    assert_eq!(plain.len(), 18);
+    assert_eq!(raced.len(), 18);
+    for (p, r) in plain.iter().zip(&raced) {
+        assert_eq!((&p["index"], &p["candidate"]), (&r["index"], &r["candidate"]));
+        if r.get("raced").is_none() {
+            assert_eq!(p["fitness"], r["fitness"], "evaluation {}", r["index"]);
+            assert_eq!(r["items"].as_array().unwrap().len(), 3);
+        } else {
+            assert!(r["fitness"].as_f64().unwrap() <= p["fitness"].as_f64().unwrap());
+        }
+    }
+    let read = |d: &Path| std::fs::read_to_string(d.join("best_factors.csv")).unwrap();
+    assert_eq!(read(&off), read(&exact));
+    let cost = |d: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(d.join("cost.json")).unwrap()).unwrap() };
+    let stopped = cost(&observed)["raced"].as_u64().unwrap_or(0);
+    assert!(stopped > 0, "observed racing stopped nothing: {}", cost(&observed));
+    assert!(cost(&observed)["tokens"].as_u64() < cost(&off)["tokens"].as_u64());
+    assert!(printed.contains(&format!("racing: {stopped} of 18 evaluations stopped early")), "{printed}");
+    println!("exact: {} stopped; observed: {stopped} stopped", cost(&exact)["raced"]);
+    let (o, _) = run("exact", "passkey");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("fitness.racing") && err.contains("passkey"), "{err}");
+}

@@ -77,6 +77,70 @@ pub trait Evaluator: Send + Sync {
         length: usize,
         data: &dyn TokenSource,
     ) -> Result<Score>;
+
+    /// The same evaluation item by item ([`Staged`]), for a search that races candidates; `None` (the default)
+    /// when the value does not split into independent items.
+    fn staged(&self) -> Option<&dyn Staged> {
+        None
+    }
+}
+
+/// One item of an evaluation (a document) as [`Staged::items`] plans it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageItem {
+    /// Its label (the document's name), as in [`Score::per_item`].
+    pub name: String,
+    /// How many losses scoring it yields (the ppl evaluator: its windows).
+    pub losses: usize,
+}
+
+/// What scoring one item gave: its losses, in order, each `>= 0` (a window's mean NLL).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemLosses {
+    /// The losses.
+    pub losses: Vec<f64>,
+    /// Tokens processed by its forwards.
+    pub tokens: usize,
+}
+
+impl ItemLosses {
+    /// The sum of the losses: what a floor of [`Staged::bound`] bounds.
+    pub fn sum(&self) -> f64 {
+        self.losses.iter().sum()
+    }
+}
+
+/// An evaluation whose value is built from independent items (documents), scored one at a time so that a search
+/// can stop a candidate as soon as it cannot matter (racing, Maron & Moore 1994, on the documents of a
+/// multi-document fitness; `docs/search.md`).
+///
+/// The contract: [`Evaluator::evaluate`] equals [`combine`](Self::combine) of every item's
+/// [`score_item`](Self::score_item) in order (bit for bit), the value is lower-is-better and does not decrease
+/// when any loss increases, and [`bound`](Self::bound) is a lower bound of it given some items' losses and a
+/// lower bound of each other item's loss sum.
+pub trait Staged: Send + Sync {
+    /// The items [`Evaluator::evaluate`] scores at `length`, in order.
+    fn items(&self, model: &dyn LanguageModel, length: usize, data: &dyn TokenSource) -> Result<Vec<StageItem>>;
+    /// Score item `item` (an index into [`items`](Self::items)).
+    fn score_item(
+        &self,
+        model: &dyn LanguageModel,
+        schedule: &RopeSchedule,
+        length: usize,
+        data: &dyn TokenSource,
+        item: usize,
+    ) -> Result<ItemLosses>;
+    /// The [`Score`] of the whole evaluation from every item's losses, in order.
+    fn combine(
+        &self,
+        model: &dyn LanguageModel,
+        length: usize,
+        data: &dyn TokenSource,
+        scored: Vec<ItemLosses>,
+    ) -> Result<Score>;
+    /// A lower bound of the value when the first `scored.len()` items gave `scored` and each later item `j`'s
+    /// loss sum is at least `floors[j - scored.len()]` (0 when `floors` is shorter: losses are `>= 0`).
+    fn bound(&self, items: &[StageItem], scored: &[ItemLosses], floors: &[f64]) -> f64;
 }
 
 /// Parse an evaluator config from TOML text; `origin` names the source in errors.

@@ -241,8 +241,9 @@ pub trait Decoder: LanguageModel {
 
 /// Summed next-token cross-entropy (nats, a scalar f64 tensor with its graph) of `hidden` `[n, hidden]`
 /// predicting `targets` `[n]` (i64) through `head` `[vocab, hidden]`, computed over chunks of `chunk` positions
-/// so no more than `[chunk, vocab]` logits exist at once in the forward (log-softmax in f32, as HF's loss; the
-/// per-token values are summed in f64 so long sequences lose no precision).
+/// so no more than `[chunk, vocab]` logits exist at once in the forward (`logsumexp - target logit` in f32: HF's
+/// loss without writing the log-softmax; the per-token values are summed in f64 so long sequences lose no
+/// precision).
 pub fn chunked_nll_sum(hidden: &Tensor, head: &Tensor, targets: &Tensor, chunk: usize) -> Tensor {
     let n = hidden.size()[0];
     let chunk = chunk.max(1) as i64;
@@ -251,8 +252,10 @@ pub fn chunked_nll_sum(hidden: &Tensor, head: &Tensor, targets: &Tensor, chunk: 
     while start < n {
         let len = chunk.min(n - start);
         let logits = hidden.narrow(0, start, len).linear(head, None::<Tensor>).to_kind(Kind::Float);
-        let nll = logits.log_softmax(-1, Kind::Float).gather(1, &targets.narrow(0, start, len).unsqueeze(1), false);
-        let part = -nll.sum(Kind::Double);
+        // -log softmax(x)[t] = logsumexp(x) - x[t]: one pass over the logits, no [len, vocab] output written.
+        let target_logits = logits.gather(1, &targets.narrow(0, start, len).unsqueeze(1), false).squeeze_dim(1);
+        let nll = logits.logsumexp([-1i64].as_slice(), false) - target_logits;
+        let part = nll.sum(Kind::Double);
         total = Some(match total {
             None => part,
             Some(t) => t + part,

@@ -41,6 +41,13 @@ pub trait SearchStrategy: Send {
     /// The total number of evaluations this strategy will ask for (its budget).
     fn budget(&self) -> usize;
 
+    /// For racing: a candidate can change what this strategy does only if its fitness ranks among the `k` best
+    /// of every candidate evaluated so far (evolution: its parents; random and grid: `1`, the best), so the driver
+    /// may stop evaluating one that provably ranks below. `None` (the default): every fitness matters, no racing.
+    fn selection_size(&self) -> Option<usize> {
+        None
+    }
+
     /// The strategy's whole state (population, counters, RNG state) as JSON, for checkpoints.
     /// Called between an [`observe`](Self::observe) and the next [`propose`](Self::propose). The default
     /// refuses: a strategy that returns `Err` here cannot be checkpointed or resumed.

@@ -24,7 +24,7 @@ use longrope_data::corpus::CorpusSet;
 use longrope_search::driver::{DriverOptions, Outcome, StudyTarget};
 use longrope_storage::{Claim, FileStorage, OpenMode, Storage, StudyKind, StudySettings, StudySpec, TrialState};
 use longrope_search::outputs::{CostAccount, CurvePoint, SeedResult};
-use longrope_search::{candidate_to_toml, fitness_evaluator_config, Driver, EvaluatorFitness};
+use longrope_search::{candidate_to_toml, Driver, EvaluatorFitness};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -631,8 +631,7 @@ fn run_search(
     let (strategy, ctx) = s.file.build(&shape, &s.file.registry_seeds(Some(&summary.arch)))?;
     let seeds = ctx.seed_candidates()?;
     let strategy_name = strategy.name().to_string();
-    let evaluator = fitness_evaluator_config(&s.file.fitness, s.file.target_length)?.build()?;
-    let mut fitness = EvaluatorFitness::new(model, evaluator, source as &dyn TokenSource, shape.clone());
+    let mut fitness = EvaluatorFitness::from_section(model, source as &dyn TokenSource, &s.file.fitness, shape.clone())?;
     let resume = opts.storage.is_none() && dir.join("checkpoint.json").exists();
     log(format!(
         "search {}: {} on {} at {} tokens, budget {} evaluations{}",

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use longrope_core::RopeShape;
 use longrope_search::study::{evaluate_trials, Advance, SearchStudy};
-use longrope_search::{fitness_evaluator_config, EvaluatorFitness, Fitness, SearchFile, Seed, SyntheticFitness};
+use longrope_search::{EvaluatorFitness, Fitness, SearchFile, Seed, SyntheticFitness};
 use longrope_storage::{Claim, HeartbeatThread, Storage, Study, StudyKind, StudyState, Trial};
 
 use crate::cells::{compute_cell, CellTask, Models};
@@ -114,6 +114,14 @@ fn advance_search(storage: &mut dyn Storage, study: &Study, ctx: &SearchCtx) -> 
     Ok(engine.advance(None)?)
 }
 
+/// How many of the best candidates the study's strategy keeps, for the race's threshold (`None` without racing).
+fn search_keep(fitness: &dyn Fitness, ctx: &SearchCtx) -> Result<Option<usize>> {
+    if fitness.racing().is_off() {
+        return Ok(None);
+    }
+    Ok(ctx.file.build_with_seeds(&ctx.shape, ctx.seeds.clone())?.0.selection_size())
+}
+
 /// Evaluate one claimed search trial with the study's fitness on this worker's model.
 fn evaluate_search(
     storage: &mut dyn Storage,
@@ -124,8 +132,9 @@ fn evaluate_search(
     log: &mut dyn FnMut(String),
 ) -> Result<longrope_search::study::Evaluated> {
     if ctx.kind == "synthetic" {
-        let mut fitness = SyntheticFitness::new(&ctx.shape);
-        return Ok(evaluate_trials(storage, t.study, std::slice::from_ref(t), &mut fitness, name)?);
+        let mut fitness = SyntheticFitness::new(&ctx.shape).with_documents(ctx.file.fitness.documents, ctx.file.fitness.racing);
+        let keep = search_keep(&fitness, ctx)?;
+        return Ok(evaluate_trials(storage, t.study, std::slice::from_ref(t), &mut fitness, name, keep)?);
     }
     let m = ctx.file.model.clone().ok_or_else(|| ExperimentError::config("study", "no [model]"))?;
     let dtype = m.dtype.clone().unwrap_or_else(|| "f32".into());
@@ -134,10 +143,9 @@ fn evaluate_search(
     models.model(&m.path, &dtype, &device, log)?;
     let corpus: Vec<PathBuf> = ctx.file.fitness.corpus.clone();
     let (model, docs) = models.with_corpus(&corpus)?;
-    let evaluator = fitness_evaluator_config(&ctx.file.fitness, ctx.file.target_length)?.build()?;
-    let mut fitness = EvaluatorFitness::new(model, evaluator, docs, ctx.shape.clone());
-    let fitness: &mut dyn Fitness = &mut fitness;
-    Ok(evaluate_trials(storage, t.study, std::slice::from_ref(t), fitness, name)?)
+    let mut fitness = EvaluatorFitness::from_section(model, docs, &ctx.file.fitness, ctx.shape.clone())?;
+    let keep = search_keep(&fitness, ctx)?;
+    Ok(evaluate_trials(storage, t.study, std::slice::from_ref(t), &mut fitness, name, keep)?)
 }
 
 /// Run a worker until the work is done (see the module documentation). `log` gets one line per trial.

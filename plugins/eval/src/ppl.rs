@@ -33,7 +33,7 @@
 
 use std::time::Instant;
 
-use longrope_core::eval::{Evaluator, EvaluatorConfig, ItemScore, Score, TokenSource};
+use longrope_core::eval::{Evaluator, EvaluatorConfig, ItemLosses, ItemScore, Score, StageItem, Staged, TokenSource};
 use longrope_core::model::LanguageModel;
 use longrope_core::scaling::RopeSchedule;
 use longrope_core::{Error, Result};
@@ -222,19 +222,17 @@ pub struct Perplexity {
     pub config: PplConfig,
 }
 
-impl Evaluator for Perplexity {
-    fn name(&self) -> &str {
-        PplConfig::NAME
-    }
+/// What one `ppl` evaluation at one length reads: the BOS, the documents with their windows, the warnings.
+struct Plan {
+    bos_id: Option<u32>,
+    /// `(document index, its windows)`, empty documents dropped.
+    docs: Vec<(usize, Vec<Window>)>,
+    warnings: Vec<String>,
+}
 
-    fn evaluate(
-        &self,
-        model: &dyn LanguageModel,
-        schedule: &RopeSchedule,
-        length: usize,
-        data: &dyn TokenSource,
-    ) -> Result<Score> {
-        let _no_grad = tch::no_grad_guard();
+impl Perplexity {
+    /// Select the documents and lay the windows at `length` (cheap: document lengths only).
+    fn plan(&self, model: &dyn LanguageModel, length: usize, data: &dyn TokenSource) -> Result<Plan> {
         let c = &self.config;
         let bos_id = match c.add_bos {
             Some(false) => None,
@@ -253,8 +251,7 @@ impl Evaluator for Perplexity {
             }
             Selection::PerLength => select_docs(data, max_len, c.samples, c.shuffle_seed, "ppl data")?,
         };
-        let tables = schedule.tables(length)?;
-        let plan: Vec<(usize, Vec<Window>)> = picked
+        let mut docs: Vec<(usize, Vec<Window>)> = picked
             .iter()
             .map(|&i| {
                 let w = windows(data.doc_len(i), length, bos_id.is_some(), c.sliding_window, c.max_sliding_count, c.truncate, c.windows);
@@ -272,7 +269,7 @@ impl Evaluator for Perplexity {
                 short.join(", ")
             ));
         }
-        let empty: Vec<String> = plan.iter().filter(|(_, w)| w.is_empty()).map(|(i, _)| data.doc_name(*i)).collect();
+        let empty: Vec<String> = docs.iter().filter(|(_, w)| w.is_empty()).map(|(i, _)| data.doc_name(*i)).collect();
         if !empty.is_empty() && c.windows != WindowRule::Reference {
             let rule = serde_json::to_value(c.windows).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
             return Err(Error::invalid(
@@ -287,35 +284,56 @@ impl Evaluator for Perplexity {
         if !empty.is_empty() {
             warnings.push(format!("empty documents skipped, as the reference does: {}", empty.join(", ")));
         }
-        let mut plan = plan;
-        plan.retain(|(_, w)| !w.is_empty());
-        if plan.is_empty() {
+        docs.retain(|(_, w)| !w.is_empty());
+        if docs.is_empty() {
             return Err(Error::invalid("ppl data", "the selected documents are empty"));
         }
-        let total: usize = plan.iter().map(|(_, w)| w.len()).sum();
-        let start = Instant::now();
-        let mut progress = Progress::new(total as u64, &format!("ppl@{length}"));
-        let mut window_nlls = Vec::with_capacity(total);
-        let mut per_item = Vec::with_capacity(plan.len());
-        let mut tokens = 0usize;
-        for (doc_index, wins) in plan {
-            let doc = data.doc(doc_index)?;
-            let mut doc_nlls = Vec::with_capacity(wins.len());
-            for w in wins {
-                let mut input: Vec<i64> = Vec::with_capacity(length);
-                if let Some(b) = bos_id {
-                    input.push(b as i64);
-                }
-                input.extend(doc[w.begin..w.end].iter().map(|&t| t as i64));
-                let nll = model.nll(&input, &tables, w.score_from)?;
-                tokens += input.len();
-                doc_nlls.push(nll.mean());
-                window_nlls.push(nll.mean());
-                progress.advance(input.len() as u64);
+        Ok(Plan { bos_id, docs, warnings })
+    }
+
+    /// The NLL of each window of the plan's document `item` (the mean over its scored tokens).
+    #[allow(clippy::too_many_arguments)]
+    fn score_doc(
+        &self,
+        model: &dyn LanguageModel,
+        tables: &longrope_core::scaling::LayerTables,
+        length: usize,
+        data: &dyn TokenSource,
+        plan: &Plan,
+        item: usize,
+        progress: &mut Progress,
+    ) -> Result<ItemLosses> {
+        let (doc_index, wins) = &plan.docs[item];
+        let doc = data.doc(*doc_index)?;
+        let mut out = ItemLosses { losses: Vec::with_capacity(wins.len()), tokens: 0 };
+        for w in wins {
+            let mut input: Vec<i64> = Vec::with_capacity(length);
+            if let Some(b) = plan.bos_id {
+                input.push(b as i64);
             }
-            per_item.push(ItemScore { name: data.doc_name(doc_index), value: mean(&doc_nlls).exp() });
+            input.extend(doc[w.begin..w.end].iter().map(|&t| t as i64));
+            let nll = model.nll(&input, tables, w.score_from)?;
+            out.tokens += input.len();
+            out.losses.push(nll.mean());
+            progress.advance(input.len() as u64);
         }
-        progress.finish();
+        Ok(out)
+    }
+
+    /// The score of a plan from its documents' window NLLs: `exp(mean of all window NLLs)`.
+    fn combine_plan(&self, length: usize, data: &dyn TokenSource, plan: Plan, scored: Vec<ItemLosses>, seconds: f64) -> Result<Score> {
+        if scored.len() != plan.docs.len() {
+            return Err(Error::invalid("ppl", format!("{} documents scored of {} planned", scored.len(), plan.docs.len())));
+        }
+        let c = &self.config;
+        let per_item = plan
+            .docs
+            .iter()
+            .zip(&scored)
+            .map(|((i, _), s)| ItemScore { name: data.doc_name(*i), value: mean(&s.losses).exp() })
+            .collect();
+        let tokens = scored.iter().map(|s| s.tokens).sum();
+        let window_nlls: Vec<f64> = scored.into_iter().flat_map(|s| s.losses).collect();
         Ok(Score {
             evaluator: "ppl".into(),
             metric: "ppl".into(),
@@ -329,11 +347,88 @@ impl Evaluator for Perplexity {
                 "window_rule": c.windows,
                 "selection": c.selection,
                 "dataset_min_tokens": c.dataset_min_tokens,
-                "warnings": warnings,
+                "warnings": plan.warnings,
             }),
             tokens,
-            seconds: start.elapsed().as_secs_f64(),
+            seconds,
         })
+    }
+}
+
+impl Evaluator for Perplexity {
+    fn name(&self) -> &str {
+        PplConfig::NAME
+    }
+
+    fn evaluate(
+        &self,
+        model: &dyn LanguageModel,
+        schedule: &RopeSchedule,
+        length: usize,
+        data: &dyn TokenSource,
+    ) -> Result<Score> {
+        let _no_grad = tch::no_grad_guard();
+        let plan = self.plan(model, length, data)?;
+        let tables = schedule.tables(length)?;
+        let total: usize = plan.docs.iter().map(|(_, w)| w.len()).sum();
+        let start = Instant::now();
+        let mut progress = Progress::new(total as u64, &format!("ppl@{length}"));
+        let scored = (0..plan.docs.len())
+            .map(|item| self.score_doc(model, &tables, length, data, &plan, item, &mut progress))
+            .collect::<Result<Vec<_>>>()?;
+        progress.finish();
+        self.combine_plan(length, data, plan, scored, start.elapsed().as_secs_f64())
+    }
+
+    fn staged(&self) -> Option<&dyn Staged> {
+        Some(self)
+    }
+}
+
+/// Racing over documents: each document is an item, its losses the NLLs of its windows; the value
+/// `exp(sum of losses / number of losses)` grows with every loss, and a document not yet scored contributes at
+/// least its floor to the sum.
+impl Staged for Perplexity {
+    fn items(&self, model: &dyn LanguageModel, length: usize, data: &dyn TokenSource) -> Result<Vec<StageItem>> {
+        let plan = self.plan(model, length, data)?;
+        Ok(plan.docs.iter().map(|(i, w)| StageItem { name: data.doc_name(*i), losses: w.len() }).collect())
+    }
+
+    fn score_item(
+        &self,
+        model: &dyn LanguageModel,
+        schedule: &RopeSchedule,
+        length: usize,
+        data: &dyn TokenSource,
+        item: usize,
+    ) -> Result<ItemLosses> {
+        let _no_grad = tch::no_grad_guard();
+        let plan = self.plan(model, length, data)?;
+        if item >= plan.docs.len() {
+            return Err(Error::invalid("ppl item", format!("{item} of {} documents", plan.docs.len())));
+        }
+        let tables = schedule.tables(length)?;
+        let mut progress = Progress::hidden();
+        self.score_doc(model, &tables, length, data, &plan, item, &mut progress)
+    }
+
+    fn combine(
+        &self,
+        model: &dyn LanguageModel,
+        length: usize,
+        data: &dyn TokenSource,
+        scored: Vec<ItemLosses>,
+    ) -> Result<Score> {
+        // `seconds` is the caller's to measure: the items may have been scored at different times.
+        let plan = self.plan(model, length, data)?;
+        self.combine_plan(length, data, plan, scored, 0.0)
+    }
+
+    fn bound(&self, items: &[StageItem], scored: &[ItemLosses], floors: &[f64]) -> f64 {
+        let n: usize = items.iter().map(|i| i.losses).sum();
+        let known: f64 = scored.iter().map(ItemLosses::sum).sum();
+        let rest: f64 = (scored.len()..items.len()).map(|j| floors.get(j - scored.len()).copied().unwrap_or(0.0).max(0.0)).sum();
+        ((known + rest) / n as f64).exp()
     }
 }
 
@@ -512,6 +607,34 @@ mod tests {
         // dataset_min_tokens belongs to the reference selection.
         let both = PplConfig { selection: Selection::PerLength, dataset_min_tokens: Some(3), ..PplConfig::default() };
         assert!(both.build().is_err());
+    }
+
+    /// The staged path (racing) is the evaluation: `combine` of every `score_item` equals `evaluate` bit for bit,
+    /// the bound with every document scored is the value, and with floors of 0 it is a lower bound that grows
+    /// with each document scored.
+    #[test]
+    fn staged_documents_combine_to_the_evaluation_and_bound_it() {
+        let model = crate::testing::MockModel::new(Some(1));
+        let config = PplConfig { sliding_window: 3, max_sliding_count: 10, samples: 5, ..PplConfig::default() };
+        let eval = config.build().unwrap();
+        let schedule = identity_schedule(&model, 64);
+        let score = eval.evaluate(&model, &schedule, 6, &docs()).unwrap();
+        let staged = eval.staged().expect("ppl scores document by document");
+        let items = staged.items(&model, 6, &docs()).unwrap();
+        assert_eq!(items.iter().map(|i| (i.name.as_str(), i.losses)).collect::<Vec<_>>(), [("short", 1), ("doc", 4)]);
+        let scored: Vec<ItemLosses> = (0..items.len()).map(|j| staged.score_item(&model, &schedule, 6, &docs(), j).unwrap()).collect();
+        assert!(staged.score_item(&model, &schedule, 6, &docs(), 2).is_err());
+        let combined = staged.combine(&model, 6, &docs(), scored.clone()).unwrap();
+        assert_eq!(combined.value.to_bits(), score.value.to_bits());
+        assert_eq!((combined.per_item.clone(), combined.tokens, combined.details.clone()), (score.per_item.clone(), score.tokens, score.details.clone()));
+        assert_eq!(staged.bound(&items, &scored, &[]), score.value);
+        let (b0, b1) = (staged.bound(&items, &[], &[]), staged.bound(&items, &scored[..1], &[]));
+        assert!(b0 == 1.0 && b0 < b1 && b1 < score.value, "{b0} {b1} {}", score.value);
+        // A floor at the document's own loss sum gives the value; a negative floor counts as 0.
+        let exact_floor = staged.bound(&items, &scored[..1], &[scored[1].sum()]);
+        assert!((exact_floor - score.value).abs() < 1e-12);
+        assert_eq!(staged.bound(&items, &scored[..1], &[-5.0]), b1);
+        assert!(combined.lower_is_better);
     }
 
     #[test]

@@ -24,6 +24,11 @@ impl Progress {
         Progress { bar, start: Instant::now(), tokens: 0 }
     }
 
+    /// A bar that draws nothing (one item of a staged evaluation: its caller reports progress).
+    pub fn hidden() -> Self {
+        Progress { bar: ProgressBar::hidden(), start: Instant::now(), tokens: 0 }
+    }
+
     /// One item done, having processed `tokens` tokens.
     pub fn advance(&mut self, tokens: u64) {
         self.tokens += tokens;

@@ -8,7 +8,7 @@
 //! workers = 1              # parallel fitness workers (devices or CPU threads)
 //! [model]                  # the model the fitness loads once (path, dtype, device)
 //! [shape]                  # RoPE shape; read from the model when absent (required by the synthetic fitness)
-//! [fitness]                # evaluator (ppl | needle-ppl ...), documents, dataset_min_tokens, corpus
+//! [fitness]                # evaluator (ppl | needle-ppl ...), documents, dataset_min_tokens, corpus, racing
 //! [space]                  # see `SpaceConfig`: mode, dim_mono | dim_piece_mono, step, max_factor, seeds, n_hat ...
 //! [strategy]               # strategy = "evolution" | "random" | "grid" and its hyperparameters
 //! ```
@@ -22,6 +22,7 @@ use longrope_core::{RopeShape, SearchStrategy};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SearchError};
+use crate::fitness::Racing;
 use crate::seeds::{RegistrySeeds, Seed, SeedSource};
 use crate::space::{SearchSpace, SpaceConfig};
 
@@ -117,11 +118,20 @@ pub struct FitnessSection {
     /// Corpus files the documents are taken from; relative paths from the config file's directory.
     #[serde(default)]
     pub corpus: Vec<PathBuf>,
+    /// Racing over the documents: `off` (default), `exact` or `observed` ([`Racing`], `docs/search.md`).
+    #[serde(default, skip_serializing_if = "Racing::is_off")]
+    pub racing: Racing,
 }
 
 impl Default for FitnessSection {
     fn default() -> Self {
-        FitnessSection { evaluator: default_evaluator(), documents: default_documents(), dataset_min_tokens: None, corpus: Vec::new() }
+        FitnessSection {
+            evaluator: default_evaluator(),
+            documents: default_documents(),
+            dataset_min_tokens: None,
+            corpus: Vec::new(),
+            racing: Racing::Off,
+        }
     }
 }
 

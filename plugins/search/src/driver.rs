@@ -273,7 +273,8 @@ impl<'a> Driver<'a> {
                     }
                     bar.set_message(format!("generation {generation}"));
                     beats.hold(&claimed);
-                    let done = evaluate_trials(engine.storage(), study, &claimed, fitness, &worker);
+                    let keep = engine.selection_size();
+                    let done = evaluate_trials(engine.storage(), study, &claimed, fitness, &worker, keep);
                     beats.release();
                     let done = done?;
                     if files {

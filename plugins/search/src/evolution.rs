@@ -351,6 +351,12 @@ impl SearchStrategy for Evolution {
         self.budget
     }
 
+    /// The next population keeps the `parents` fittest of the parents and children, i.e. of every candidate so
+    /// far: one outside them changes nothing.
+    fn selection_size(&self) -> Option<usize> {
+        Some(self.sizes.parents)
+    }
+
     fn save_state(&self) -> longrope_core::Result<serde_json::Value> {
         serde_json::to_value(&self.st).map_err(|e| SearchError::invalid("evolution state", e.to_string()).into())
     }

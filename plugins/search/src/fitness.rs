@@ -3,6 +3,14 @@
 //!
 //! The model-backed fitness (any evaluator on the configured documents, the model loaded once per worker) is
 //! [`crate::model_fitness::EvaluatorFitness`]; it needs only the core's traits.
+//!
+//! **Racing** (Maron & Moore, "Hoeffding races", NIPS 1993, applied to the documents of one candidate's
+//! fitness): a fitness scored document by document ([`longrope_core::eval::Staged`]) stops a candidate as soon
+//! as a lower bound of its fitness exceeds [`Race::threshold`], the fitness it would need to matter to the
+//! strategy (evolution: to enter the parents; [`longrope_core::SearchStrategy::selection_size`]). The bound
+//! takes the documents scored so far and, for each other document, a floor: 0 in [`Racing::Exact`] (a window
+//! NLL is never negative, so the bound is a proof and the run selects exactly what the unraced run selects), the
+//! lowest loss any finished candidate had on it in [`Racing::Observed`] (a strong heuristic, no proof).
 
 use std::time::Instant;
 
@@ -22,6 +30,95 @@ pub struct Evaluation {
     pub tokens: u64,
     /// Wall time of this evaluation in seconds.
     pub seconds: f64,
+    /// With racing: the loss sum of each item (document) scored, in order (the floors of later races).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<f64>,
+    /// Set when the race stopped this candidate early; `fitness` is then a lower bound of its fitness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raced: Option<Raced>,
+}
+
+impl Evaluation {
+    /// An evaluation that was not raced.
+    pub fn new(fitness: f64, tokens: u64, seconds: f64) -> Self {
+        Evaluation { fitness, tokens, seconds, items: Vec::new(), raced: None }
+    }
+}
+
+/// How a fitness races candidates over its documents (the `[fitness] racing` key; see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Racing {
+    /// Every candidate is scored on every document (default).
+    #[default]
+    Off,
+    /// Stop a candidate once its fitness provably (every unscored document's loss >= 0) exceeds the threshold:
+    /// the candidates that finish have the unraced fitness, and the strategy selects the same ones.
+    Exact,
+    /// Stop it once it cannot enter even if every unscored document scored as well as the best finished
+    /// candidate did on it: stops earlier, without the proof.
+    Observed,
+}
+
+impl Racing {
+    /// Whether candidates are raced at all.
+    pub fn is_off(&self) -> bool {
+        *self == Racing::Off
+    }
+}
+
+/// The state of the race a batch is evaluated under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Race {
+    /// A candidate whose fitness is known to be above this (strictly) cannot matter: the
+    /// [`selection_size`](longrope_core::SearchStrategy::selection_size)-th best fitness of the finished candidates.
+    pub threshold: f64,
+    /// A lower bound of each document's loss sum, in order (empty, or shorter: 0).
+    pub floors: Vec<f64>,
+}
+
+/// How racing one candidate over its items ended ([`race_items`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RaceOutcome<T> {
+    /// Every item was scored.
+    Finished(Vec<T>),
+    /// Stopped before item `scored.len()`: the bound exceeded the threshold.
+    Stopped {
+        /// The items scored.
+        scored: Vec<T>,
+        /// The lower bound of the fitness that exceeded [`Race::threshold`].
+        bound: f64,
+    },
+}
+
+/// Race one candidate over `n` items: before scoring item `j` (with `score(j)`), stop when
+/// `bound(items scored so far, floors of items j..)` exceeds the race's threshold (strictly).
+pub fn race_items<T>(
+    n: usize,
+    race: &Race,
+    mut bound: impl FnMut(&[T], &[f64]) -> f64,
+    mut score: impl FnMut(usize) -> Result<T>,
+) -> Result<RaceOutcome<T>> {
+    let mut scored = Vec::with_capacity(n);
+    for j in 0..n {
+        let b = bound(&scored, race.floors.get(j..).unwrap_or(&[]));
+        if b > race.threshold {
+            return Ok(RaceOutcome::Stopped { scored, bound: b });
+        }
+        scored.push(score(j)?);
+    }
+    Ok(RaceOutcome::Finished(scored))
+}
+
+/// How far a stopped candidate got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Raced {
+    /// Documents scored before it was stopped.
+    pub scored: usize,
+    /// Documents of the full fitness.
+    pub of: usize,
+    /// The threshold its bound exceeded.
+    pub threshold: f64,
 }
 
 /// Measures candidates. Implementations must be deterministic: the same candidate always gets the same
@@ -34,6 +131,17 @@ pub trait Fitness {
     /// records each before sending the next, so a kill loses at most one such batch.
     fn parallelism(&self) -> usize {
         1
+    }
+
+    /// How this fitness races candidates ([`Racing::Off`], the default: it does not).
+    fn racing(&self) -> Racing {
+        Racing::Off
+    }
+
+    /// Evaluate a batch under `race` (see the module doc); the default ignores the race.
+    fn evaluate_raced(&mut self, batch: &[Candidate], race: &Race) -> Result<Vec<Evaluation>> {
+        let _ = race;
+        self.evaluate(batch)
     }
 }
 
@@ -55,8 +163,9 @@ impl<F: Fitness + Send> ParallelFitness<F> {
     }
 }
 
-impl<F: Fitness + Send> Fitness for ParallelFitness<F> {
-    fn evaluate(&mut self, batch: &[Candidate]) -> Result<Vec<Evaluation>> {
+impl<F: Fitness + Send> ParallelFitness<F> {
+    /// Fan `batch` out (worker `w` gets `w, w + n, ...`), each worker under `race` when there is one.
+    fn fan_out(&mut self, batch: &[Candidate], race: Option<&Race>) -> Result<Vec<Evaluation>> {
         let n = self.workers.len();
         let results: Vec<Result<Vec<Evaluation>>> = std::thread::scope(|s| {
             let handles: Vec<_> = self
@@ -65,7 +174,11 @@ impl<F: Fitness + Send> Fitness for ParallelFitness<F> {
                 .enumerate()
                 .map(|(w, f)| {
                     let items: Vec<Candidate> = batch.iter().skip(w).step_by(n).cloned().collect();
-                    s.spawn(move || if items.is_empty() { Ok(Vec::new()) } else { f.evaluate(&items) })
+                    s.spawn(move || match (items.is_empty(), race) {
+                        (true, _) => Ok(Vec::new()),
+                        (false, Some(race)) => f.evaluate_raced(&items, race),
+                        (false, None) => f.evaluate(&items),
+                    })
                 })
                 .collect();
             handles
@@ -88,9 +201,23 @@ impl<F: Fitness + Send> Fitness for ParallelFitness<F> {
         }
         Ok((0..batch.len()).map(|i| per_worker[i % n].next().expect("counted above")).collect())
     }
+}
+
+impl<F: Fitness + Send> Fitness for ParallelFitness<F> {
+    fn evaluate(&mut self, batch: &[Candidate]) -> Result<Vec<Evaluation>> {
+        self.fan_out(batch, None)
+    }
 
     fn parallelism(&self) -> usize {
         self.workers.len()
+    }
+
+    fn racing(&self) -> Racing {
+        self.workers.first().map(|w| w.racing()).unwrap_or_default()
+    }
+
+    fn evaluate_raced(&mut self, batch: &[Candidate], race: &Race) -> Result<Vec<Evaluation>> {
+        self.fan_out(batch, Some(race))
     }
 }
 
@@ -115,12 +242,20 @@ impl Fitness for NoFitness {
 /// (m - 1.1)^2` (the last term only when the attention factor `m` is set), with the target
 /// `lambda*_i = 1 + (1.1 s - 1) (i / (d/2 - 1))^2`: not any seed's curve and not in the grid's family, so no
 /// strategy starts on the optimum.
+///
+/// With `documents = n > 1` it stands for a multi-document fitness that can be raced: document `j` has the loss
+/// `w_j ln(fitness)` with `w_j = 0.6 + 0.8 j / (n - 1)` (mean 1, so documents disagree on scale but agree on
+/// order) and the value is `exp(mean_j loss_j)`, in the raced and unraced paths alike.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyntheticFitness {
     /// The hidden target factors.
     pub target: Vec<f64>,
     /// Tokens charged per evaluation (as if one document of the target length was read).
     pub tokens_per_evaluation: u64,
+    /// Documents it stands for (1: the plain formula).
+    pub documents: usize,
+    /// How it races over its documents.
+    pub racing: Racing,
 }
 
 impl SyntheticFitness {
@@ -134,7 +269,60 @@ impl SyntheticFitness {
                 1.0 + (top - 1.0) * t * t
             })
             .collect();
-        SyntheticFitness { target, tokens_per_evaluation: shape.max_position_embeddings as u64 }
+        SyntheticFitness { target, tokens_per_evaluation: shape.max_position_embeddings as u64, documents: 1, racing: Racing::Off }
+    }
+
+    /// The synthetic fitness standing for `documents` documents, raced as `racing` (a `[fitness]` table's
+    /// `documents` and `racing`).
+    pub fn with_documents(mut self, documents: usize, racing: Racing) -> Self {
+        self.documents = documents.max(1);
+        self.racing = racing;
+        self
+    }
+
+    /// Document `j`'s loss for a candidate of plain fitness `value` (see the type's doc).
+    fn document_loss(&self, value: f64, j: usize) -> f64 {
+        let w = 0.6 + 0.8 * j as f64 / (self.documents - 1) as f64;
+        w * value.ln()
+    }
+
+    /// One candidate, raced over the documents (or not, with `race` = `None`).
+    fn evaluate_documents(&self, c: &Candidate, race: Option<&Race>) -> Result<Evaluation> {
+        let start = Instant::now();
+        let value = self.value(c)?;
+        if self.documents == 1 {
+            return Ok(Evaluation::new(value, self.tokens_per_evaluation, start.elapsed().as_secs_f64()));
+        }
+        let n = self.documents;
+        let mean_exp = |losses: &[f64]| (losses.iter().sum::<f64>() / n as f64).exp();
+        let unraced = Race { threshold: f64::INFINITY, floors: Vec::new() };
+        let race = race.unwrap_or(&unraced);
+        let outcome = race_items(
+            n,
+            race,
+            |scored: &[f64], floors| {
+                let rest: f64 = (scored.len()..n).map(|j| floors.get(j - scored.len()).copied().unwrap_or(0.0).max(0.0)).sum();
+                ((scored.iter().sum::<f64>() + rest) / n as f64).exp()
+            },
+            |j| Ok(self.document_loss(value, j)),
+        )?;
+        let per_document = self.tokens_per_evaluation / n as u64;
+        Ok(match outcome {
+            RaceOutcome::Finished(losses) => Evaluation {
+                fitness: mean_exp(&losses),
+                tokens: per_document * n as u64,
+                seconds: start.elapsed().as_secs_f64(),
+                items: if self.racing.is_off() { Vec::new() } else { losses },
+                raced: None,
+            },
+            RaceOutcome::Stopped { scored, bound } => Evaluation {
+                fitness: bound,
+                tokens: per_document * scored.len() as u64,
+                seconds: start.elapsed().as_secs_f64(),
+                raced: Some(Raced { scored: scored.len(), of: n, threshold: race.threshold }),
+                items: scored,
+            },
+        })
     }
 
     /// The fitness of one candidate.
@@ -156,14 +344,19 @@ impl SyntheticFitness {
 
 impl Fitness for SyntheticFitness {
     fn evaluate(&mut self, batch: &[Candidate]) -> Result<Vec<Evaluation>> {
-        batch
-            .iter()
-            .map(|c| {
-                let start = Instant::now();
-                let fitness = self.value(c)?;
-                Ok(Evaluation { fitness, tokens: self.tokens_per_evaluation, seconds: start.elapsed().as_secs_f64() })
-            })
-            .collect()
+        batch.iter().map(|c| self.evaluate_documents(c, None)).collect()
+    }
+
+    fn racing(&self) -> Racing {
+        if self.documents > 1 {
+            self.racing
+        } else {
+            Racing::Off
+        }
+    }
+
+    fn evaluate_raced(&mut self, batch: &[Candidate], race: &Race) -> Result<Vec<Evaluation>> {
+        batch.iter().map(|c| self.evaluate_documents(c, Some(race))).collect()
     }
 }
 
@@ -250,7 +443,7 @@ mod tests {
 
     #[test]
     fn non_finite_fitness_round_trips_as_null() {
-        let e = Evaluation { fitness: f64::INFINITY, tokens: 1, seconds: 0.0 };
+        let e = Evaluation::new(f64::INFINITY, 1, 0.0);
         let text = serde_json::to_string(&e).unwrap();
         assert!(text.contains("\"fitness\":null"), "{text}");
         assert_eq!(serde_json::from_str::<Evaluation>(&text).unwrap().fitness, f64::INFINITY);

@@ -189,6 +189,11 @@ impl SearchStrategy for GridSearch {
         self.points.len()
     }
 
+    /// Only the best point is the result; the grid does not depend on fitness.
+    fn selection_size(&self) -> Option<usize> {
+        Some(1)
+    }
+
     fn save_state(&self) -> longrope_core::Result<serde_json::Value> {
         serde_json::to_value(&self.st).map_err(|e| SearchError::invalid("grid state", e.to_string()).into())
     }

@@ -9,7 +9,7 @@
 //! - [`evolution`], [`random`], [`grid`]: the strategies (plugins `evolution`, `random`, `grid`);
 //! - [`config`]: the `SearchConfig` plugin trait and the search file;
 //! - [`seeds`]: seed factors (the reference's YaRN seed, PI/NTK/YaRN) from the scaling registry;
-//! - [`fitness`]: the `Fitness` trait, parallel workers, a synthetic fitness;
+//! - [`fitness`]: the `Fitness` trait, racing over documents, parallel workers, a synthetic fitness;
 //! - [`model_fitness`]: `EvaluatorFitness`, a model + evaluator as the fitness (what real searches use);
 //! - [`study`]: a search as a study in a `longrope_storage::Storage` (files, SQLite, PostgreSQL): generations
 //!   proposed once, trials claimed by any number of workers, checkpoints; [`export`]: a study as a search
@@ -39,7 +39,7 @@ pub use compare::{compare_markdown, SearchRun};
 pub use config::{SearchConfig, SearchContext, SearchFile};
 pub use driver::{Driver, DriverOptions, Outcome, Summary};
 pub use error::{Result, SearchError};
-pub use fitness::{Evaluation, Fitness, NoFitness, ParallelFitness, SyntheticFitness};
+pub use fitness::{Evaluation, Fitness, NoFitness, ParallelFitness, Race, Raced, Racing, SyntheticFitness};
 pub use model_fitness::{fitness_evaluator_config, EvaluatorFitness};
 pub use outputs::{candidate_config, candidate_to_toml, SeedResult};
 pub use seeds::{RegistrySeeds, Seed, SeedSource};

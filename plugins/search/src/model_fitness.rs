@@ -17,7 +17,7 @@
 
 use std::time::Instant;
 
-use longrope_core::eval::{parse_evaluator_toml, Evaluator, EvaluatorConfig, TokenSource};
+use longrope_core::eval::{parse_evaluator_toml, Evaluator, EvaluatorConfig, ItemLosses, TokenSource};
 use longrope_core::model::LanguageModel;
 use longrope_core::scaling::{RopeSchedule, ScalingConfig};
 use longrope_core::search::Candidate;
@@ -25,7 +25,7 @@ use longrope_core::RopeShape;
 
 use crate::config::FitnessSection;
 use crate::error::{Result, SearchError};
-use crate::fitness::{Evaluation, Fitness};
+use crate::fitness::{race_items, Evaluation, Fitness, Race, RaceOutcome, Raced, Racing};
 use crate::outputs::candidate_config;
 
 /// The evaluator config a `[fitness]` table at target length `target` means: `ppl` = one truncated window of the
@@ -57,6 +57,7 @@ pub struct EvaluatorFitness<'a> {
     data: &'a dyn TokenSource,
     shape: RopeShape,
     length: usize,
+    racing: Racing,
 }
 
 impl<'a> EvaluatorFitness<'a> {
@@ -69,7 +70,32 @@ impl<'a> EvaluatorFitness<'a> {
         shape: RopeShape,
     ) -> Self {
         let length = shape.max_position_embeddings;
-        EvaluatorFitness { model, evaluator, data, shape, length }
+        EvaluatorFitness { model, evaluator, data, shape, length, racing: Racing::Off }
+    }
+
+    /// Race candidates over the evaluator's documents (`[fitness] racing`); an error when `racing` is on and the
+    /// evaluator does not score document by document.
+    pub fn with_racing(mut self, racing: Racing) -> Result<Self> {
+        if !racing.is_off() && self.evaluator.staged().is_none() {
+            return Err(SearchError::invalid(
+                "fitness.racing",
+                format!("the `{}` evaluator does not score document by document; racing needs `ppl`", self.evaluator.name()),
+            ));
+        }
+        self.racing = racing;
+        Ok(self)
+    }
+
+    /// The fitness a `[fitness]` table describes at the target of `shape`: its evaluator
+    /// ([`fitness_evaluator_config`]) and its racing.
+    pub fn from_section(
+        model: &'a dyn LanguageModel,
+        data: &'a dyn TokenSource,
+        section: &FitnessSection,
+        shape: RopeShape,
+    ) -> Result<Self> {
+        let evaluator = fitness_evaluator_config(section, shape.max_position_embeddings)?.build()?;
+        EvaluatorFitness::new(model, evaluator, data, shape).with_racing(section.racing)
     }
 
     /// Evaluate at `length` tokens instead of the target (e.g. a shorter proxy length).
@@ -94,12 +120,65 @@ impl<'a> EvaluatorFitness<'a> {
             .evaluate(self.model, &schedule, self.length, self.data)
             .map_err(|e| SearchError::Fitness(format!("{} at {} tokens: {e}", self.evaluator.name(), self.length)))?;
         let fitness = if score.lower_is_better { score.value } else { -score.value };
-        Ok(Evaluation { fitness, tokens: score.tokens as u64, seconds: start.elapsed().as_secs_f64() })
+        Ok(Evaluation::new(fitness, score.tokens as u64, start.elapsed().as_secs_f64()))
+    }
+
+    /// Measure one candidate document by document, stopping once its fitness provably (given `race.floors`)
+    /// exceeds `race.threshold`. A candidate that finishes gets exactly [`evaluate_one`](Self::evaluate_one)'s
+    /// fitness (the evaluator's [`Staged`] contract), plus each document's loss sum.
+    pub fn evaluate_raced_one(&self, candidate: &Candidate, race: &Race) -> Result<Evaluation> {
+        let Some(staged) = self.evaluator.staged() else {
+            return self.evaluate_one(candidate);
+        };
+        let start = Instant::now();
+        let context = |e: longrope_core::Error| {
+            SearchError::Fitness(format!("{} at {} tokens: {e}", self.evaluator.name(), self.length))
+        };
+        let schedule = self.schedule(candidate)?;
+        let items = staged.items(self.model, self.length, self.data).map_err(context)?;
+        let outcome = race_items(
+            items.len(),
+            race,
+            |scored, floors| staged.bound(&items, scored, floors),
+            |j| staged.score_item(self.model, &schedule, self.length, self.data, j).map_err(context),
+        )?;
+        let scored = match outcome {
+            RaceOutcome::Finished(scored) => scored,
+            RaceOutcome::Stopped { scored, bound } => {
+                return Ok(Evaluation {
+                    fitness: bound,
+                    tokens: scored.iter().map(|s| s.tokens as u64).sum(),
+                    seconds: start.elapsed().as_secs_f64(),
+                    items: scored.iter().map(ItemLosses::sum).collect(),
+                    raced: Some(Raced { scored: scored.len(), of: items.len(), threshold: race.threshold }),
+                })
+            }
+        };
+        let sums = scored.iter().map(ItemLosses::sum).collect();
+        let score = staged.combine(self.model, self.length, self.data, scored).map_err(context)?;
+        Ok(Evaluation {
+            fitness: score.value,
+            tokens: score.tokens as u64,
+            seconds: start.elapsed().as_secs_f64(),
+            items: sums,
+            raced: None,
+        })
     }
 }
 
 impl Fitness for EvaluatorFitness<'_> {
     fn evaluate(&mut self, batch: &[Candidate]) -> Result<Vec<Evaluation>> {
         batch.iter().map(|c| self.evaluate_one(c)).collect()
+    }
+
+    fn racing(&self) -> Racing {
+        self.racing
+    }
+
+    fn evaluate_raced(&mut self, batch: &[Candidate], race: &Race) -> Result<Vec<Evaluation>> {
+        if self.racing.is_off() {
+            return self.evaluate(batch);
+        }
+        batch.iter().map(|c| self.evaluate_raced_one(c, race)).collect()
     }
 }

@@ -13,7 +13,7 @@ use longrope_scaling::FactorTable;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::fitness::serde_fitness;
+use crate::fitness::{serde_fitness, Raced};
 
 /// One evaluation, as recorded in the history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +35,12 @@ pub struct Record {
     /// resume after a kill can count the time spent after the last checkpoint. Absent in older histories.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_seconds: Option<f64>,
+    /// With racing: the loss sum of each document scored, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<f64>,
+    /// Set when racing stopped this candidate early: `fitness` is then only a lower bound of its fitness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raced: Option<Raced>,
 }
 
 /// One point of the best-fitness curve: the best fitness after a generation.
@@ -66,6 +72,13 @@ pub struct CostAccount {
     pub wall_seconds: f64,
     /// Number of times the search was resumed.
     pub resumes: usize,
+    /// Evaluations that racing stopped early (counted in `evaluations`; `[fitness] racing`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub raced: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A seed of the initial population and its fitness, when some evaluation of this search measured exactly
@@ -92,7 +105,8 @@ pub fn seed_results(seeds: &[(String, Candidate)], history: &[Record]) -> Vec<Se
             SeedResult {
                 name: name.clone(),
                 candidate: c.clone(),
-                fitness: rec.map(|r| r.fitness).filter(|f| f.is_finite()),
+                // A raced seed's fitness is only a lower bound: not reported.
+                fitness: rec.filter(|r| r.raced.is_none()).map(|r| r.fitness).filter(|f| f.is_finite()),
                 index: rec.map(|r| r.index),
             }
         })
@@ -319,7 +333,17 @@ mod tests {
 
     #[test]
     fn best_record_takes_the_first_of_equals_and_ranks_infinity_last() {
-        let rec = |i: usize, f: f64| Record { index: i, generation: 0, candidate: cand(), fitness: f, tokens: 0, seconds: 0.0, wall_seconds: None };
+        let rec = |i: usize, f: f64| Record {
+            index: i,
+            generation: 0,
+            candidate: cand(),
+            fitness: f,
+            tokens: 0,
+            seconds: 0.0,
+            wall_seconds: None,
+            items: Vec::new(),
+            raced: None,
+        };
         let h = vec![rec(0, f64::INFINITY), rec(1, 3.0), rec(2, 2.0), rec(3, 2.0)];
         assert_eq!(best_record(&h).unwrap().index, 2);
         assert!(best_record(&[]).is_none());

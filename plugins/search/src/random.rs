@@ -114,6 +114,11 @@ impl SearchStrategy for RandomSearch {
         self.budget
     }
 
+    /// Only the best candidate is the result; the draws do not depend on fitness.
+    fn selection_size(&self) -> Option<usize> {
+        Some(1)
+    }
+
     fn save_state(&self) -> longrope_core::Result<serde_json::Value> {
         serde_json::to_value(&self.st).map_err(|e| SearchError::invalid("random state", e.to_string()).into())
     }

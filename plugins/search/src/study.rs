@@ -26,7 +26,7 @@ use longrope_storage::{Claim, Failure, Inserted, NewTrial, Storage, Study, Study
 use serde::{Deserialize, Serialize};
 
 use crate::error::{from_core, Result, SearchError};
-use crate::fitness::Fitness;
+use crate::fitness::{Fitness, Race, Racing};
 use crate::outputs::{best_record, CostAccount, CurvePoint, Record};
 
 /// Version of the checkpoint format.
@@ -167,6 +167,12 @@ impl<'s> SearchStudy<'s> {
     /// The strategy's name.
     pub fn strategy_name(&self) -> &str {
         self.strategy.name()
+    }
+
+    /// How many of the best candidates matter to the strategy ([`SearchStrategy::selection_size`]): what a race
+    /// compares against.
+    pub fn selection_size(&self) -> Option<usize> {
+        self.strategy.selection_size()
     }
 
     /// Trials found complete when their generation was stored (recovered from a search directory's journal).
@@ -351,6 +357,7 @@ impl<'s> SearchStudy<'s> {
         let this: Vec<&Record> = history.iter().filter(|r| r.generation as u64 == g).collect();
         let mut cost = prev.cost;
         cost.evaluations += this.len();
+        cost.raced += this.iter().filter(|r| r.raced.is_some()).count();
         cost.duplicates_skipped += batch.len() - this.len();
         cost.generations = g as usize + 1;
         cost.tokens += this.iter().map(|r| r.tokens).sum::<u64>();
@@ -401,21 +408,59 @@ pub struct Evaluated {
     pub error: Option<String>,
 }
 
+/// The race a batch runs under when `fitness` races and the strategy keeps the `keep` best candidates
+/// ([`SearchStudy::selection_size`]): the threshold is the `keep`-th best fitness of the study's finished
+/// (complete, not raced) trials, `+inf` while fewer have finished; [`Racing::Observed`] floors each document at
+/// the lowest loss sum a finished trial had on it. `None` when there is no race.
+pub fn race_for(storage: &mut dyn Storage, study: i64, racing: Racing, keep: Option<usize>) -> Result<Option<Race>> {
+    let Some(keep) = keep.filter(|_| !racing.is_off()) else {
+        return Ok(None);
+    };
+    let finished: Vec<Record> = records(&storage.trials(study, None)?)?.into_iter().filter(|r| r.raced.is_none()).collect();
+    let mut values: Vec<f64> = finished.iter().map(|r| if r.fitness.is_nan() { f64::INFINITY } else { r.fitness }).collect();
+    values.sort_by(f64::total_cmp);
+    let threshold = values.get(keep.max(1) - 1).copied().unwrap_or(f64::INFINITY);
+    let floors = match racing {
+        Racing::Observed => {
+            let n = finished.iter().map(|r| r.items.len()).max().unwrap_or(0);
+            (0..n)
+                .map(|j| {
+                    finished
+                        .iter()
+                        .filter(|r| r.items.len() == n)
+                        .map(|r| r.items[j])
+                        .filter(|x| x.is_finite())
+                        .fold(f64::INFINITY, f64::min)
+                })
+                .map(|x| if x.is_finite() { x } else { 0.0 })
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    Ok(Some(Race { threshold, floors }))
+}
+
 /// Evaluate trials of one search study that `worker` has claimed, and record each result (or the error, for
-/// every trial of the batch when the fitness fails). Records carry the trial's number as `index`.
+/// every trial of the batch when the fitness fails). Records carry the trial's number as `index`. `keep`: the
+/// strategy's [`SearchStudy::selection_size`], for a fitness that races ([`race_for`]).
 pub fn evaluate_trials(
     storage: &mut dyn Storage,
     study: i64,
     trials: &[Trial],
     fitness: &mut dyn Fitness,
     worker: &str,
+    keep: Option<usize>,
 ) -> Result<Evaluated> {
     let mut out = Evaluated::default();
     if trials.is_empty() {
         return Ok(out);
     }
     let candidates = trials.iter().map(trial_candidate).collect::<Result<Vec<_>>>()?;
-    let evals = fitness.evaluate(&candidates).and_then(|e| {
+    let evals = match race_for(storage, study, fitness.racing(), keep)? {
+        Some(race) => fitness.evaluate_raced(&candidates, &race),
+        None => fitness.evaluate(&candidates),
+    };
+    let evals = evals.and_then(|e| {
         if e.len() == candidates.len() {
             Ok(e)
         } else {
@@ -433,6 +478,8 @@ pub fn evaluate_trials(
                     tokens: e.tokens,
                     seconds: e.seconds,
                     wall_seconds: Some(storage.wall_seconds(study)?),
+                    items: e.items,
+                    raced: e.raced,
                 };
                 let value = serde_json::to_value(&rec).expect("records serialize");
                 if storage.complete(study, t.number, worker, &value, Some(rec.fitness), rec.seconds)? {

@@ -441,6 +441,12 @@ fn shipped_configs_parse() {
                 assert_eq!((shape.original_max_position_embeddings, shape.max_position_embeddings), (8192, 16384));
                 assert_eq!((f.seed, f.fitness.documents, f.space.mode), (0, 1, crate::SearchMode::Paper));
             }
+            Some("racing-smollm2-1k.toml") => {
+                // The racing measurement's search (docs/results/racing-smollm2.md): 5 documents, 256 -> 1024.
+                assert_eq!(f.strategy.budget(), 44);
+                assert_eq!((shape.original_max_position_embeddings, shape.max_position_embeddings), (256, 1024));
+                assert_eq!((f.seed, f.fitness.documents, f.fitness.racing), (0, 5, crate::Racing::Off));
+            }
             Some("longrope-paper.toml") => {
                 assert_eq!(f.strategy.budget(), 1344);
                 assert_eq!(f.space.step, 0.01);
@@ -678,4 +684,133 @@ fn a_candidate_is_the_config_its_toml_parses_to() {
             assert_eq!(a.tables(len).unwrap(), b.tables(len).unwrap(), "{text}");
         }
     }
+}
+
+/// Runs of the 5-document synthetic fitness with racing `racing`, all strategies' best and history.
+fn raced_run(strategy: &str, seed: u64, racing: crate::Racing, out: &str) -> Summary {
+    let evo = "strategy = \"evolution\"\npopulation_size = 16\niterations = 8\nmutation_numbers = 4\n\
+               crossover_size = 4\nparents_size = 6";
+    let mut f = file(evo, "mode = \"paper\"\nkind = \"dim_mono\"");
+    f.seed = seed;
+    f.switch_strategy(strategy).unwrap();
+    let mut fit = SyntheticFitness::new(&smollm2()).with_documents(5, racing);
+    let dir = tmp(out);
+    let s = finished(run(&f, &mut fit, DriverOptions::new(&dir)).unwrap());
+    std::fs::remove_dir_all(&dir).ok();
+    s
+}
+
+/// Exact racing (bound: unscored documents' losses >= 0) stops some candidates and changes nothing else: every
+/// candidate that finishes has the unraced fitness, the history proposes the same candidates in the same order
+/// (the strategy selected the same parents), and the best is the same; each stopped candidate's recorded
+/// fitness is a lower bound of its true fitness above the threshold it was stopped at.
+#[test]
+fn exact_racing_selects_what_the_unraced_search_selects() {
+    use crate::Racing;
+    let mut stopped = 0;
+    for strategy in ["evolution", "random"] {
+        for seed in 0..3u64 {
+            let plain = raced_run(strategy, seed, Racing::Off, "race-off");
+            let raced = raced_run(strategy, seed, Racing::Exact, "race-exact");
+            assert_eq!(plain.history.len(), raced.history.len());
+            assert_eq!(candidate_key(&plain.best.candidate), candidate_key(&raced.best.candidate), "{strategy} seed {seed}");
+            assert_eq!(plain.best.fitness, raced.best.fitness);
+            for (p, r) in plain.history.iter().zip(&raced.history) {
+                assert_eq!((p.index, p.generation, candidate_key(&p.candidate)), (r.index, r.generation, candidate_key(&r.candidate)));
+                match &r.raced {
+                    None => {
+                        assert_eq!(p.fitness, r.fitness, "{strategy} seed {seed} evaluation {}", r.index);
+                        assert_eq!(r.items.len(), 5);
+                    }
+                    Some(x) => {
+                        assert!(r.fitness > x.threshold && r.fitness <= p.fitness, "{r:?} vs unraced {}", p.fitness);
+                        assert!(x.scored < 5 && r.items.len() == x.scored && r.tokens < p.tokens);
+                    }
+                }
+            }
+            assert_eq!(raced.cost.raced, raced.history.iter().filter(|r| r.raced.is_some()).count());
+            assert!(raced.cost.tokens < plain.cost.tokens || raced.cost.raced == 0);
+            stopped += raced.cost.raced;
+        }
+    }
+    assert!(stopped > 0, "exact racing never stopped a candidate: the test would not see a wrong bound");
+}
+
+/// Observed racing (unscored documents floored at the best finished loss) stops more candidates than exact
+/// racing, reads fewer documents, and still finds a candidate as good as the unraced best on these seeds
+/// (measured, `cargo test -p longrope-search observed_racing -- --nocapture`).
+#[test]
+fn observed_racing_reads_fewer_documents() {
+    use crate::Racing;
+    for seed in 0..3u64 {
+        let plain = raced_run("evolution", seed, Racing::Off, "obs-off");
+        let exact = raced_run("evolution", seed, Racing::Exact, "obs-exact");
+        let observed = raced_run("evolution", seed, Racing::Observed, "obs-observed");
+        let docs = |s: &Summary| s.history.iter().map(|r| r.raced.as_ref().map_or(5, |x| x.scored)).sum::<usize>();
+        println!(
+            "seed {seed}: documents read off {} exact {} observed {}; best off {:.6} exact {:.6} observed {:.6}",
+            docs(&plain),
+            docs(&exact),
+            docs(&observed),
+            plain.best.fitness,
+            exact.best.fitness,
+            observed.best.fitness
+        );
+        assert!(observed.cost.raced >= exact.cost.raced && docs(&observed) < docs(&plain));
+        assert!(observed.history.iter().filter(|r| r.raced.is_none()).all(|r| r.items.len() == 5));
+    }
+}
+
+/// The threshold is the `keep`-th best finished fitness; raced records never count; observed floors are the
+/// lowest finished loss per document.
+#[test]
+fn race_threshold_and_floors_come_from_finished_trials() {
+    use crate::{Race, Racing};
+    use longrope_storage::{FileStorage, OpenMode, Storage, StudyKind, StudySettings, StudySpec};
+    let dir = tmp("race-for");
+    let mut storage = FileStorage::new(&dir);
+    let spec = StudySpec {
+        name: String::new(),
+        kind: StudyKind::Search,
+        config: serde_json::json!({"x": 1}),
+        identity: serde_json::Value::Null,
+        derived: serde_json::Value::Null,
+        settings: StudySettings::default(),
+    };
+    let study = storage.open_study(&spec, OpenMode::Create).unwrap();
+    let cand = |x: f64| Candidate { factors: vec![x; 4], n_hat: 0, attn_factor: None };
+    let new: Vec<_> = (0..4)
+        .map(|i| longrope_storage::NewTrial {
+            number: i,
+            generation: 0,
+            key: candidate_key(&cand(i as f64 + 1.0)),
+            payload: serde_json::to_value(cand(i as f64 + 1.0)).unwrap(),
+        })
+        .collect();
+    storage.insert_generation(study.id, 0, &serde_json::json!({}), &new).unwrap();
+    let records = [(20.0, vec![1.0, 2.0], None), (10.0, vec![3.0, 0.5], None), (15.0, vec![2.0, 2.5], None), (5.0, vec![0.1], Some(1))];
+    for (i, (fitness, items, raced)) in records.into_iter().enumerate() {
+        let t = storage.claim("w", longrope_storage::Claim::Study(study.id)).unwrap().unwrap();
+        assert_eq!(t.number, i as u64);
+        let rec = Record {
+            index: i,
+            generation: 0,
+            candidate: cand(i as f64 + 1.0),
+            fitness,
+            tokens: 0,
+            seconds: 0.0,
+            wall_seconds: None,
+            items,
+            raced: raced.map(|scored| crate::Raced { scored, of: 2, threshold: 4.0 }),
+        };
+        storage.complete(study.id, t.number, "w", &serde_json::to_value(&rec).unwrap(), Some(fitness), 0.0).unwrap();
+    }
+    let mut race = |racing, keep| crate::study::race_for(&mut storage, study.id, racing, keep).unwrap();
+    assert_eq!(race(Racing::Off, Some(2)), None);
+    assert_eq!(race(Racing::Exact, None), None);
+    assert_eq!(race(Racing::Exact, Some(2)), Some(Race { threshold: 15.0, floors: vec![] }));
+    assert_eq!(race(Racing::Exact, Some(1)), Some(Race { threshold: 10.0, floors: vec![] }), "the raced 5.0 is no result");
+    assert_eq!(race(Racing::Exact, Some(4)), Some(Race { threshold: f64::INFINITY, floors: vec![] }));
+    assert_eq!(race(Racing::Observed, Some(3)), Some(Race { threshold: 20.0, floors: vec![1.0, 0.5] }));
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -13,14 +13,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use longrope_search::driver::{Driver, DriverOptions, Outcome, StudyTarget};
 use longrope_storage::StudySettings;
-use longrope_core::eval::EvaluatorConfig;
 use longrope_core::files::{prepare_out_dir, OutputKind};
 use longrope_core::model::LanguageModel;
 use longrope_core::search::Candidate;
 use longrope_core::RopeShape;
 use longrope_data::corpus::CorpusSet;
-use longrope_search::model_fitness::{fitness_evaluator_config, EvaluatorFitness};
-use longrope_search::{Evaluation, Fitness, NoFitness, ParallelFitness, SearchFile, SpaceKind, SyntheticFitness};
+use longrope_search::config::FitnessSection;
+use longrope_search::model_fitness::EvaluatorFitness;
+use longrope_search::{Evaluation, Fitness, NoFitness, ParallelFitness, Race, Racing, SearchFile, SpaceKind, SyntheticFitness};
 
 use super::model::load_model;
 
@@ -106,9 +106,21 @@ struct SlowSynthetic {
 }
 
 impl longrope_search::Fitness for SlowSynthetic {
-    fn evaluate(&mut self, batch: &[longrope_core::search::Candidate]) -> longrope_search::Result<Vec<longrope_search::Evaluation>> {
+    fn evaluate(&mut self, batch: &[Candidate]) -> longrope_search::Result<Vec<Evaluation>> {
         std::thread::sleep(self.delay * batch.len() as u32);
         self.inner.evaluate(batch)
+    }
+
+    fn racing(&self) -> Racing {
+        self.inner.racing()
+    }
+
+    fn evaluate_raced(&mut self, batch: &[Candidate], race: &Race) -> longrope_search::Result<Vec<Evaluation>> {
+        let evals = self.inner.evaluate_raced(batch, race)?;
+        // The delay stands for the documents actually read.
+        let read: f64 = evals.iter().map(|e| e.raced.as_ref().map_or(1.0, |r| r.scored as f64 / r.of as f64)).sum();
+        std::thread::sleep(self.delay.mul_f64(read));
+        Ok(evals)
     }
 }
 
@@ -239,7 +251,10 @@ pub fn run(args: Args) -> Result<()> {
     let fitness: &mut dyn Fitness = if local_workers(&args, &file) == 0 {
         &mut none
     } else {
-        parallel = ParallelFitness::new(file.workers, |_| Ok(SlowSynthetic { inner: SyntheticFitness::new(&shape), delay }))?;
+        parallel = ParallelFitness::new(file.workers, |_| Ok(SlowSynthetic {
+            inner: SyntheticFitness::new(&shape).with_documents(file.fitness.documents, file.fitness.racing),
+            delay,
+        }))?;
         &mut parallel
     };
     eprintln!(
@@ -263,16 +278,29 @@ pub fn run(args: Args) -> Result<()> {
 /// One fitness worker that owns its model (on its own device) and its documents.
 struct ModelWorker {
     model: Box<dyn LanguageModel>,
-    evaluator: Box<dyn EvaluatorConfig>,
+    fitness: FitnessSection,
     docs: CorpusSet,
     shape: RopeShape,
 }
 
+impl ModelWorker {
+    /// The worker's [`EvaluatorFitness`] (building an evaluator from its config is cheap).
+    fn fitness(&self) -> longrope_search::Result<EvaluatorFitness<'_>> {
+        EvaluatorFitness::from_section(self.model.as_ref(), &self.docs, &self.fitness, self.shape.clone())
+    }
+}
+
 impl Fitness for ModelWorker {
     fn evaluate(&mut self, batch: &[Candidate]) -> longrope_search::Result<Vec<Evaluation>> {
-        // Building an evaluator from its config is cheap; EvaluatorFitness owns the one it uses.
-        let evaluator = self.evaluator.build()?;
-        EvaluatorFitness::new(self.model.as_ref(), evaluator, &self.docs, self.shape.clone()).evaluate(batch)
+        self.fitness()?.evaluate(batch)
+    }
+
+    fn racing(&self) -> Racing {
+        self.fitness.racing
+    }
+
+    fn evaluate_raced(&mut self, batch: &[Candidate], race: &Race) -> longrope_search::Result<Vec<Evaluation>> {
+        self.fitness()?.evaluate_raced(batch, race)
     }
 }
 
@@ -318,12 +346,12 @@ fn run_model(args: &Args, file: SearchFile, out: PathBuf, strategy_name: String)
             .map_err(|e| longrope_search::SearchError::Fitness(longrope_core::error::chain_message(e.as_ref())))?;
         let docs = fitness_docs(&file, model.tokenizer(), &args.config)
             .map_err(|e| longrope_search::SearchError::Fitness(longrope_core::error::chain_message(e.as_ref())))?;
-        let evaluator = fitness_evaluator_config(&file.fitness, file.target_length)?;
-        evaluator.build()?;
         let s = model.summary().rope_shape(file.target_length);
         shape = Some(s.clone());
         arch = Some(model.summary().arch.clone());
-        Ok(ModelWorker { model, evaluator, docs, shape: s })
+        let worker = ModelWorker { model, fitness: file.fitness.clone(), docs, shape: s };
+        worker.fitness()?; // the evaluator and its racing, checked before the search starts
+        Ok(worker)
     })?);
     }
     let fitness: &mut dyn Fitness = match &mut parallel {
@@ -414,6 +442,9 @@ fn report(outcome: Outcome, out: &std::path::Path, study: Option<&str>) {
                 "cost: {} evaluations, {} tokens, {:.2} s wall ({} duplicates skipped, {} resumes)",
                 s.cost.evaluations, s.cost.tokens, s.cost.wall_seconds, s.cost.duplicates_skipped, s.cost.resumes
             );
+            if s.cost.raced > 0 {
+                println!("racing: {} of {} evaluations stopped early (docs/search.md)", s.cost.raced, s.cost.evaluations);
+            }
             println!(
                 "this run: {} evaluated, {} recovered from history.jsonl",
                 s.evaluated_now, s.recovered

@@ -8,7 +8,8 @@
 //! - a worker started late joins and evaluates trials;
 //! - a study started with another config, a bad URL, an unreachable server: one clear error each;
 //! - an experiment's cells kept in a database are computed by a `longrope worker`, and the report equals the
-//!   one-process run's with files.
+//!   one-process run's with files;
+//! - workers racing over documents (`racing = "exact"`) end with the unraced one-process result.
 
 mod common;
 
@@ -53,6 +54,7 @@ on_each_backend!(
     a_late_worker_joins_and_finishes_work,
     another_config_or_a_missing_study_is_one_clear_error,
     an_experiment_computed_by_a_worker_equals_the_files_run,
+    workers_racing_exactly_select_like_one_unraced_process,
 );
 
 /// A study name unique to this test process (a PostgreSQL database is shared by every test).
@@ -308,4 +310,46 @@ fn an_experiment_computed_by_a_worker_equals_the_files_run(url: &str, dir: &Path
     let st = status(url, &study);
     assert_eq!(st["state"], "finished", "{url}: {st}");
     assert_eq!(st["complete"].as_u64(), Some(total as u64), "{url}: {st}");
+}
+
+/// Two workers race a 5-document synthetic study (`racing = "exact"`): each computes the threshold from the
+/// study's finished trials when it claims one, records each document's loss (`items`), and the study ends with
+/// the one-process unraced search's best factors, every finished candidate at the unraced fitness.
+fn workers_racing_exactly_select_like_one_unraced_process(url: &str, dir: &Path) {
+    let config = |racing: &str| {
+        let cfg = dir.join(format!("race-{racing}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "seed = 2\ntarget_length = 16384\n[shape]\nhead_dim = 64\nrope_base = 100000.0\n\
+                 original_max_position_embeddings = 8192\nnum_layers = 30\n[fitness]\ndocuments = 5\nracing = {racing:?}\n\
+                 [space]\nmode = \"paper\"\nkind = \"dim_mono\"\n[strategy]\nstrategy = \"evolution\"\npopulation_size = 12\n\
+                 iterations = 6\nmutation_numbers = 4\ncrossover_size = 4\nparents_size = 4\n"
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    let off = dir.join("off");
+    let cfg = config("off");
+    ok(&longrope(&["search", "--config", cfg.to_str().unwrap(), "--fitness", "synthetic", "--out", off.to_str().unwrap(), "--no-progress"]));
+    let study = study_name("race", url);
+    create_study(&config("exact"), url, &study, &dir.join("created"), &["--fitness", "synthetic"]);
+    let logs: Vec<PathBuf> = (0..2).map(|i| dir.join(format!("w{i}-{study}.log"))).collect();
+    let workers: Vec<Child> = logs.iter().map(|l| spawn_worker(url, &study, l, &["--trial-delay-ms", "20"])).collect();
+    for (w, log) in workers.into_iter().zip(&logs) {
+        wait_ok(w, log);
+    }
+    let exported = dir.join(format!("export-{study}"));
+    export(url, &study, &exported);
+    let (plain, raced) = (history(&off), history(&exported));
+    assert_eq!(plain.len(), raced.len());
+    for (p, r) in plain.iter().zip(&raced) {
+        assert_eq!((&p["index"], &p["candidate"]), (&r["index"], &r["candidate"]), "{url}");
+        if r.get("raced").is_none() {
+            assert_eq!(p["fitness"], r["fitness"], "{url}: evaluation {}", r["index"]);
+            assert_eq!(r["items"].as_array().map(Vec::len), Some(5), "{url}: the worker raced ({r})");
+        }
+    }
+    assert_eq!(std::fs::read(exported.join("best_factors.csv")).unwrap(), std::fs::read(off.join("best_factors.csv")).unwrap());
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Racing over documents, measured (docs/results/racing-smollm2.md): the search of
-# configs/search/racing-smollm2-1k.toml run three times, racing off / exact / observed, one after the other,
-# same seed. Prints evaluations per hour, documents read and the best of each run.
-# Usage: scripts/racing_smollm2.sh [OUT_DIR]   (default runs/racing; needs `make assets` and a release build)
+# configs/search/racing-smollm2-1k.toml run once per racing mode (off, exact, observed, paired), one after the
+# other, same seed. Prints evaluations per hour, documents read and the best of each run.
+# Usage: [MODES="off paired"] scripts/racing_smollm2.sh [OUT_DIR]
+#   (default runs/racing; needs `make assets` and a release build; the table covers every mode found in OUT_DIR)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/racing}
@@ -19,7 +20,7 @@ assert i > 0 and struct.unpack_from('<I', b, i + len(key))[0] == 4, 'llama.conte
 struct.pack_into('<I', b, i + len(key) + 4, 256)
 open(sys.argv[2], 'wb').write(b)
 PY
-for mode in off exact observed; do
+for mode in ${MODES:-off exact observed paired}; do
   cfg="$out/racing-$mode.toml"
   sed "s/^racing = .*/racing = \"$mode\"/; s#\.\./\.\./#$(pwd)/#" configs/search/racing-smollm2-1k.toml > "$cfg"
   rm -rf "$out/$mode"
@@ -30,8 +31,10 @@ python3 - "$out" <<'PY'
 import json, sys, os
 out = sys.argv[1]
 rows = {}
-for mode in ['off', 'exact', 'observed']:
+for mode in ['off', 'exact', 'observed', 'paired']:
     d = os.path.join(out, mode)
+    if not os.path.exists(os.path.join(d, 'cost.json')):
+        continue
     h = [json.loads(l) for l in open(os.path.join(d, 'history.jsonl'))]
     cost = json.load(open(os.path.join(d, 'cost.json')))
     best = json.load(open(os.path.join(d, 'best.json')))

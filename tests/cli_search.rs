@@ -252,7 +252,10 @@ fn racing_over_documents_keeps_the_selection_and_reads_fewer_tokens() {
     assert!(stopped > 0, "observed racing stopped nothing: {}", cost(&observed));
     assert!(cost(&observed)["tokens"].as_u64() < cost(&off)["tokens"].as_u64());
     assert!(printed.contains(&format!("racing: {stopped} of 18 evaluations stopped early")), "{printed}");
-    println!("exact: {} stopped; observed: {stopped} stopped", cost(&exact)["raced"]);
+    let (o, paired) = run("paired", "ppl");
+    ok(&o);
+    println!("exact: {} stopped; observed: {stopped}; paired: {}", cost(&exact)["raced"], cost(&paired)["raced"]);
+    assert!(cost(&paired)["raced"].as_u64().unwrap_or(0) > 0);
     let (o, _) = run("exact", "passkey");
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);

@@ -118,7 +118,7 @@ pub struct FitnessSection {
     /// Corpus files the documents are taken from; relative paths from the config file's directory.
     #[serde(default)]
     pub corpus: Vec<PathBuf>,
-    /// Racing over the documents: `off` (default), `exact` or `observed` ([`Racing`], `docs/search.md`).
+    /// Racing over the documents: `off` (default), `exact`, `observed` or `paired` ([`Racing`], `docs/search.md`).
     #[serde(default, skip_serializing_if = "Racing::is_off")]
     pub racing: Racing,
 }

@@ -10,7 +10,8 @@
 //! strategy (evolution: to enter the parents; [`longrope_core::SearchStrategy::selection_size`]). The bound
 //! takes the documents scored so far and, for each other document, a floor: 0 in [`Racing::Exact`] (a window
 //! NLL is never negative, so the bound is a proof and the run selects exactly what the unraced run selects), the
-//! lowest loss any finished candidate had on it in [`Racing::Observed`] (a strong heuristic, no proof).
+//! lowest loss any finished candidate had on it in [`Racing::Observed`] (a strong heuristic, no proof), the loss
+//! of the candidate at the threshold in [`Racing::Paired`] (a prediction: stop once behind that candidate).
 
 use std::time::Instant;
 
@@ -58,6 +59,9 @@ pub enum Racing {
     /// Stop it once it cannot enter even if every unscored document scored as well as the best finished
     /// candidate did on it: stops earlier, without the proof.
     Observed,
+    /// Stop it as soon as it is behind the candidate at the threshold on the documents scored so far (the
+    /// unscored ones floored at that candidate's losses: a prediction, not a bound). Stops the most.
+    Paired,
 }
 
 impl Racing {

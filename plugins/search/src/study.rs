@@ -411,7 +411,8 @@ pub struct Evaluated {
 /// The race a batch runs under when `fitness` races and the strategy keeps the `keep` best candidates
 /// ([`SearchStudy::selection_size`]): the threshold is the `keep`-th best fitness of the study's finished
 /// (complete, not raced) trials, `+inf` while fewer have finished; [`Racing::Observed`] floors each document at
-/// the lowest loss sum a finished trial had on it. `None` when there is no race.
+/// the lowest loss sum a finished trial had on it, [`Racing::Paired`] at the loss sum of the trial at the
+/// threshold. `None` when there is no race.
 pub fn race_for(storage: &mut dyn Storage, study: i64, racing: Racing, keep: Option<usize>) -> Result<Option<Race>> {
     let Some(keep) = keep.filter(|_| !racing.is_off()) else {
         return Ok(None);
@@ -435,7 +436,12 @@ pub fn race_for(storage: &mut dyn Storage, study: i64, racing: Racing, keep: Opt
                 .map(|x| if x.is_finite() { x } else { 0.0 })
                 .collect()
         }
-        _ => Vec::new(),
+        Racing::Paired => finished
+            .iter()
+            .find(|r| r.fitness == threshold && r.items.iter().all(|x| x.is_finite()))
+            .map(|r| r.items.clone())
+            .unwrap_or_default(),
+        Racing::Off | Racing::Exact => Vec::new(),
     };
     Ok(Some(Race { threshold, floors }))
 }

@@ -737,8 +737,8 @@ fn exact_racing_selects_what_the_unraced_search_selects() {
 }
 
 /// Observed racing (unscored documents floored at the best finished loss) stops more candidates than exact
-/// racing, reads fewer documents, and still finds a candidate as good as the unraced best on these seeds
-/// (measured, `cargo test -p longrope-search observed_racing -- --nocapture`).
+/// racing and reads fewer documents; paired racing (floored at the threshold candidate's losses) fewer still
+/// (printed with the best of each: `cargo test -p longrope-search observed_racing -- --nocapture`).
 #[test]
 fn observed_racing_reads_fewer_documents() {
     use crate::Racing;
@@ -746,17 +746,22 @@ fn observed_racing_reads_fewer_documents() {
         let plain = raced_run("evolution", seed, Racing::Off, "obs-off");
         let exact = raced_run("evolution", seed, Racing::Exact, "obs-exact");
         let observed = raced_run("evolution", seed, Racing::Observed, "obs-observed");
+        let paired = raced_run("evolution", seed, Racing::Paired, "obs-paired");
         let docs = |s: &Summary| s.history.iter().map(|r| r.raced.as_ref().map_or(5, |x| x.scored)).sum::<usize>();
         println!(
-            "seed {seed}: documents read off {} exact {} observed {}; best off {:.6} exact {:.6} observed {:.6}",
+            "seed {seed}: documents read off {} exact {} observed {} paired {}; best off {:.6} exact {:.6} observed {:.6} \
+             paired {:.6}",
             docs(&plain),
             docs(&exact),
             docs(&observed),
+            docs(&paired),
             plain.best.fitness,
             exact.best.fitness,
-            observed.best.fitness
+            observed.best.fitness,
+            paired.best.fitness
         );
         assert!(observed.cost.raced >= exact.cost.raced && docs(&observed) < docs(&plain));
+        assert!(docs(&paired) < docs(&observed), "paired floors are at least the observed ones");
         assert!(observed.history.iter().filter(|r| r.raced.is_none()).all(|r| r.items.len() == 5));
     }
 }
@@ -812,5 +817,6 @@ fn race_threshold_and_floors_come_from_finished_trials() {
     assert_eq!(race(Racing::Exact, Some(1)), Some(Race { threshold: 10.0, floors: vec![] }), "the raced 5.0 is no result");
     assert_eq!(race(Racing::Exact, Some(4)), Some(Race { threshold: f64::INFINITY, floors: vec![] }));
     assert_eq!(race(Racing::Observed, Some(3)), Some(Race { threshold: 20.0, floors: vec![1.0, 0.5] }));
+    assert_eq!(race(Racing::Paired, Some(2)), Some(Race { threshold: 15.0, floors: vec![2.0, 2.5] }));
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -110,6 +110,14 @@ impl ItemLosses {
     }
 }
 
+/// The lower bound of `exp(mean of n losses)` when the scored losses sum to `scored_sum` and each of `unscored`
+/// further items' loss sums is at least its floor (`floors[j]`, 0 when missing or negative: losses are `>= 0`).
+/// The [`Staged::bound`] of a perplexity-like value.
+pub fn exp_mean_bound(n: usize, scored_sum: f64, unscored: usize, floors: &[f64]) -> f64 {
+    let rest: f64 = (0..unscored).map(|j| floors.get(j).copied().unwrap_or(0.0).max(0.0)).sum();
+    ((scored_sum + rest) / n as f64).exp()
+}
+
 /// An evaluation whose value is built from independent items (documents), scored one at a time so that a search
 /// can stop a candidate as soon as it cannot matter (racing, Maron & Moore 1994, on the documents of a
 /// multi-document fitness; `docs/search.md`).

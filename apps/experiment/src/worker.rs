@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use longrope_core::RopeShape;
 use longrope_search::study::{evaluate_trials, Advance, SearchStudy};
-use longrope_search::{EvaluatorFitness, Fitness, SearchFile, Seed, SyntheticFitness};
+use longrope_search::{EvaluatorFitness, SearchFile, Seed, SyntheticFitness};
 use longrope_storage::{Claim, HeartbeatThread, Storage, Study, StudyKind, StudyState, Trial};
 
 use crate::cells::{compute_cell, CellTask, Models};
@@ -81,6 +81,8 @@ struct SearchCtx {
     shape: RopeShape,
     kind: String,
     seeds: Vec<Seed>,
+    /// How many of the best candidates the strategy keeps, for the race's threshold (`None` without racing).
+    keep: Option<usize>,
 }
 
 /// What the worker decided about a study.
@@ -104,7 +106,8 @@ fn accept_search(study: &Study, models: &mut Models) -> Result<SearchCtx> {
     } else if kind != "synthetic" {
         return Err(ExperimentError::config(&study.name, format!("unknown fitness kind `{kind}`")));
     }
-    Ok(SearchCtx { file, shape, kind, seeds })
+    let keep = if file.fitness.racing.is_off() { None } else { file.build_with_seeds(&shape, seeds.clone())?.0.selection_size() };
+    Ok(SearchCtx { file, shape, kind, seeds, keep })
 }
 
 /// Propose a search study's next generation if its current one is complete.
@@ -112,14 +115,6 @@ fn advance_search(storage: &mut dyn Storage, study: &Study, ctx: &SearchCtx) -> 
     let (strategy, _) = ctx.file.build_with_seeds(&ctx.shape, ctx.seeds.clone())?;
     let mut engine = SearchStudy::new(storage, study.clone(), strategy)?;
     Ok(engine.advance(None)?)
-}
-
-/// How many of the best candidates the study's strategy keeps, for the race's threshold (`None` without racing).
-fn search_keep(fitness: &dyn Fitness, ctx: &SearchCtx) -> Result<Option<usize>> {
-    if fitness.racing().is_off() {
-        return Ok(None);
-    }
-    Ok(ctx.file.build_with_seeds(&ctx.shape, ctx.seeds.clone())?.0.selection_size())
 }
 
 /// Evaluate one claimed search trial with the study's fitness on this worker's model.
@@ -133,8 +128,7 @@ fn evaluate_search(
 ) -> Result<longrope_search::study::Evaluated> {
     if ctx.kind == "synthetic" {
         let mut fitness = SyntheticFitness::new(&ctx.shape).with_documents(ctx.file.fitness.documents, ctx.file.fitness.racing);
-        let keep = search_keep(&fitness, ctx)?;
-        return Ok(evaluate_trials(storage, t.study, std::slice::from_ref(t), &mut fitness, name, keep)?);
+        return Ok(evaluate_trials(storage, t.study, std::slice::from_ref(t), &mut fitness, name, ctx.keep)?);
     }
     let m = ctx.file.model.clone().ok_or_else(|| ExperimentError::config("study", "no [model]"))?;
     let dtype = m.dtype.clone().unwrap_or_else(|| "f32".into());
@@ -144,8 +138,7 @@ fn evaluate_search(
     let corpus: Vec<PathBuf> = ctx.file.fitness.corpus.clone();
     let (model, docs) = models.with_corpus(&corpus)?;
     let mut fitness = EvaluatorFitness::from_section(model, docs, &ctx.file.fitness, ctx.shape.clone())?;
-    let keep = search_keep(&fitness, ctx)?;
-    Ok(evaluate_trials(storage, t.study, std::slice::from_ref(t), &mut fitness, name, keep)?)
+    Ok(evaluate_trials(storage, t.study, std::slice::from_ref(t), &mut fitness, name, ctx.keep)?)
 }
 
 /// Run a worker until the work is done (see the module documentation). `log` gets one line per trial.

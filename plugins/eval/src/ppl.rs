@@ -33,7 +33,7 @@
 
 use std::time::Instant;
 
-use longrope_core::eval::{Evaluator, EvaluatorConfig, ItemLosses, ItemScore, Score, StageItem, Staged, TokenSource};
+use longrope_core::eval::{exp_mean_bound, Evaluator, EvaluatorConfig, ItemLosses, ItemScore, Score, StageItem, Staged, TokenSource};
 use longrope_core::model::LanguageModel;
 use longrope_core::scaling::RopeSchedule;
 use longrope_core::{Error, Result};
@@ -427,8 +427,7 @@ impl Staged for Perplexity {
     fn bound(&self, items: &[StageItem], scored: &[ItemLosses], floors: &[f64]) -> f64 {
         let n: usize = items.iter().map(|i| i.losses).sum();
         let known: f64 = scored.iter().map(ItemLosses::sum).sum();
-        let rest: f64 = (scored.len()..items.len()).map(|j| floors.get(j - scored.len()).copied().unwrap_or(0.0).max(0.0)).sum();
-        ((known + rest) / n as f64).exp()
+        exp_mean_bound(n, known, items.len().saturating_sub(scored.len()), floors)
     }
 }
 

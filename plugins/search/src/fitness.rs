@@ -15,6 +15,7 @@
 
 use std::time::Instant;
 
+use longrope_core::eval::exp_mean_bound;
 use longrope_core::search::Candidate;
 use longrope_core::RopeShape;
 use serde::{Deserialize, Serialize};
@@ -304,10 +305,7 @@ impl SyntheticFitness {
         let outcome = race_items(
             n,
             race,
-            |scored: &[f64], floors| {
-                let rest: f64 = (scored.len()..n).map(|j| floors.get(j - scored.len()).copied().unwrap_or(0.0).max(0.0)).sum();
-                ((scored.iter().sum::<f64>() + rest) / n as f64).exp()
-            },
+            |scored: &[f64], floors| exp_mean_bound(n, scored.iter().sum(), n - scored.len(), floors),
             |j| Ok(self.document_loss(value, j)),
         )?;
         let per_document = self.tokens_per_evaluation / n as u64;

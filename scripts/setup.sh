@@ -28,7 +28,7 @@ setup_libtorch() {
         local t0=$SECONDS
         say "creating $VENV with torch==$TORCH_VERSION from PyPI (about 1.5 min, 4.7 GB) ..."
         [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv?)"
-        "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" \
+        "$VENV/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check "torch==$TORCH_VERSION" \
             || die "pip install torch==$TORCH_VERSION failed: is PyPI reachable?"
         say "torch installed in $((SECONDS - t0)) s"
     fi
@@ -50,7 +50,7 @@ setup_reference() {
     setup_libtorch
     "$VENV/bin/python" -c "import transformers, gguf, accelerate" 2>/dev/null && return 0
     say "installing transformers, gguf, accelerate (reference implementation for golden fixtures) ..."
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check transformers gguf accelerate safetensors \
+    "$VENV/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check transformers gguf accelerate safetensors \
         || die "pip install transformers gguf accelerate failed: is PyPI reachable?"
 }
 

@@ -22,11 +22,9 @@ use std::time::{Duration, Instant};
 use common::history_without_timings as history;
 use common::{longrope, longrope_bin, stable, tiny_experiment};
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("longrope-distributed-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory for one test, removed when the test ends (passed or failed).
+fn tmp(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("longrope-distributed-{name}-")).tempdir().unwrap()
 }
 
 /// Each test `NAME(url, dir)` becomes `NAME::sqlite` (a fresh database in its directory) and `NAME::postgres`.
@@ -36,13 +34,13 @@ macro_rules! on_each_backend {
             #[test]
             fn sqlite() {
                 let dir = super::tmp(concat!(stringify!($name), "-sqlite"));
-                super::$name(&format!("sqlite:{}", dir.join("studies.db").display()), &dir);
+                super::$name(&format!("sqlite:{}", dir.path().join("studies.db").display()), dir.path());
             }
             #[test]
             #[ignore = "needs PostgreSQL: run by `make test` (LONGROPE_TEST_POSTGRES, --include-ignored)"]
             fn postgres() {
                 let dir = super::tmp(concat!(stringify!($name), "-pg"));
-                super::$name(&longrope_storage::testing::postgres_url(), &dir);
+                super::$name(&longrope_storage::testing::postgres_url(), dir.path());
             }
         }
     )*};

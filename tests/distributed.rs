@@ -93,7 +93,11 @@ fn failed(o: &std::process::Output) -> String {
 fn baseline() -> &'static (PathBuf, Vec<serde_json::Value>) {
     static BASE: OnceLock<(PathBuf, Vec<serde_json::Value>)> = OnceLock::new();
     BASE.get_or_init(|| {
-        let dir = tmp("baseline");
+        // Kept for the whole test binary (a static is never dropped): under cargo's per-package scratch folder,
+        // not /tmp.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("distributed-baseline");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let cfg = search_config(&dir, 5);
         let out = dir.join("out");
         ok(&longrope(&["search", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--no-progress"]));
@@ -264,8 +268,9 @@ fn another_config_or_a_missing_study_is_one_clear_error(url: &str, dir: &Path) {
 
 #[test]
 fn a_bad_url_or_no_server_is_one_clear_error() {
-    let dir = tmp("errors");
-    let cfg = search_config(&dir, 5);
+    let scratch = tmp("errors");
+    let dir = scratch.path();
+    let cfg = search_config(dir, 5);
     let e = failed(&longrope(&["worker", "--storage", "mysql://me:hunter2@db/x"]));
     assert!(e.contains("unknown scheme `mysql`") && e.contains("sqlite:PATH") && !e.contains("hunter2"), "{e}");
     let e = failed(&longrope(&["study", "list", "--storage", "postgres://me:hunter2@127.0.0.1:1/studies"]));

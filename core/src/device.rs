@@ -130,6 +130,21 @@ pub fn dtype_name(kind: Kind) -> &'static str {
     }
 }
 
+/// The dtype a model stored in `kind` on `device` computes RoPE, attention and its loss head (LM-head logits
+/// and log-softmax) in: its own, except bf16 on CPU, which computes them in f32. libtorch's CPU kernels are
+/// slower in bf16 than in f32 on CPUs without AMX (measured in docs/performance.md: the flash attention kernel
+/// ~1.6x at 8k-16k tokens, element-wise RoPE several times, the LM-head matmul ~1.9x), and f32 is the more
+/// accurate of the two: bf16 logits carry 8 significant bits, so the target logit in the loss would be off by up
+/// to ~0.03 nats at a logit of 10. The model's other linear layers stay in its dtype (their weights are stored in
+/// it); the LM head's weight is cast for the duration of one loss computation.
+pub fn upcast_kind(kind: Kind, device: Device) -> Kind {
+    if kind == Kind::BFloat16 && device == Device::Cpu {
+        Kind::Float
+    } else {
+        kind
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +158,14 @@ mod tests {
         assert_eq!(parse_dtype("F32").unwrap(), Kind::Float);
         assert!(parse_dtype("int8").is_err());
         assert_eq!(dtype_name(Kind::Half), "f16");
+    }
+
+    #[test]
+    fn bf16_upcasts_on_cpu_only() {
+        assert_eq!(upcast_kind(Kind::BFloat16, Device::Cpu), Kind::Float);
+        assert_eq!(upcast_kind(Kind::BFloat16, Device::Cuda(0)), Kind::BFloat16);
+        assert_eq!(upcast_kind(Kind::Half, Device::Cpu), Kind::Half);
+        assert_eq!(upcast_kind(Kind::Float, Device::Cpu), Kind::Float);
     }
 
     #[test]

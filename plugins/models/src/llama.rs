@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use longrope_core::device::upcast_kind;
 use longrope_core::model::{CheckpointScaling, Decoder, KvCache, LoadOptions, ModelSummary, NllSum, Rotary};
 use longrope_core::nn::Linear;
 use longrope_core::scaling::LayerTables;
@@ -639,8 +640,10 @@ impl Attention {
                 (y.narrow(2, 0, nh * hd), y.narrow(2, nh * hd, nkv * hd), y.narrow(2, (nh + nkv) * hd, nkv * hd))
             }
         };
-        // A bf16 model on CPU rotates and attends in f32 (see `attend_kind`): cast once, here.
-        let attend_kind = attend_kind(x.kind(), x.device());
+        // A bf16 model on CPU rotates and attends in f32 (`longrope_core::device::upcast_kind`): cast once, here;
+        // the projections stay in bf16 and the output is cast back before `o_proj`, so such a model's KV cache
+        // and cos/sin tables are f32.
+        let attend_kind = upcast_kind(x.kind(), x.device());
         let heads = |t: Tensor, n: i64| t.reshape([b, s, n, hd]).transpose(1, 2).to_kind(attend_kind);
         let (q, k, mut v) = (heads(q, nh), heads(k, nkv), heads(v, nkv));
         let q = self.rotate(&q, cos, sin);
@@ -817,19 +820,6 @@ impl Block {
     }
 }
 
-/// The dtype a model computing in `kind` on `device` applies RoPE and attention in: its own, except bf16 on CPU,
-/// which uses f32. libtorch's CPU kernels are slower in bf16 there: the flash attention kernel ~1.6x at 8k-16k
-/// tokens and the element-wise RoPE several times (docs/performance.md), and f32 is the more accurate of the two.
-/// The projections stay in bf16 and the attention output is cast back before `o_proj`, so the KV cache and
-/// the cos/sin tables ([`Llama`]'s rotary) are f32 for such a model.
-pub fn attend_kind(kind: Kind, device: Device) -> Kind {
-    if kind == Kind::BFloat16 && device == Device::Cpu {
-        Kind::Float
-    } else {
-        kind
-    }
-}
-
 /// A Llama-family causal LM on libtorch (Llama, Mistral, Qwen2, Phi-3: see [`ArchSpec`]). Its weights live in
 /// a `VarStore` under their HF names; the blocks hold handles to them.
 pub struct Llama {
@@ -961,7 +951,7 @@ impl Llama {
             let idx = match made.iter().position(|(c, _, _)| Arc::ptr_eq(c, t) || **c == **t) {
                 Some(i) => i,
                 None => {
-                    let (c, s) = rope::cos_sin_at(t, &pos, attend_kind(self.dtype, self.device));
+                    let (c, s) = rope::cos_sin_at(t, &pos, upcast_kind(self.dtype, self.device));
                     made.push((t.clone(), c.view([pb, 1, ps, hd]), s.view([pb, 1, ps, hd])));
                     made.len() - 1
                 }

@@ -243,15 +243,18 @@ pub trait Decoder: LanguageModel {
 /// predicting `targets` `[n]` (i64) through `head` `[vocab, hidden]`, computed over chunks of `chunk` positions
 /// so no more than `[chunk, vocab]` logits exist at once in the forward (`logsumexp - target logit` in f32: HF's
 /// loss without writing the log-softmax; the per-token values are summed in f64 so long sequences lose no
-/// precision).
+/// precision). The logits are computed in [`crate::device::upcast_kind`] of `hidden`'s dtype: f32 for a bf16
+/// model on CPU, whose head weight is cast once per call (a transient f32 copy of `[vocab, hidden]`).
 pub fn chunked_nll_sum(hidden: &Tensor, head: &Tensor, targets: &Tensor, chunk: usize) -> Tensor {
     let n = hidden.size()[0];
     let chunk = chunk.max(1) as i64;
+    let kind = crate::device::upcast_kind(hidden.kind(), hidden.device());
+    let head = head.to_kind(kind);
     let mut total: Option<Tensor> = None;
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
-        let logits = hidden.narrow(0, start, len).linear(head, None::<Tensor>).to_kind(Kind::Float);
+        let logits = hidden.narrow(0, start, len).to_kind(kind).linear(&head, None::<Tensor>).to_kind(Kind::Float);
         // -log softmax(x)[t] = logsumexp(x) - x[t]: one pass over the logits, no [len, vocab] output written.
         let target_logits = logits.gather(1, &targets.narrow(0, start, len).unsqueeze(1), false).squeeze_dim(1);
         let nll = logits.logsumexp([-1i64].as_slice(), false) - target_logits;
@@ -281,5 +284,47 @@ pub fn arch(name: &str) -> Result<&'static dyn ModelArch> {
             name: name.to_string(),
             known: crate::registry::known_names(crate::PluginKind::Arch),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference: log-softmax over the full logits, gathered at the targets, summed in f64.
+    fn reference(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> f64 {
+        let logp = hidden.linear(head, None::<Tensor>).to_kind(Kind::Double).log_softmax(-1, Kind::Double);
+        -logp.gather(1, &targets.unsqueeze(1), false).sum(Kind::Double).double_value(&[])
+    }
+
+    #[test]
+    fn chunked_nll_equals_a_full_log_softmax_for_any_chunk() {
+        tch::manual_seed(0);
+        let (hidden, head) = (Tensor::randn([37, 16], (Kind::Float, Device::Cpu)), Tensor::randn([50, 16], (Kind::Float, Device::Cpu)));
+        let targets = Tensor::randint(50, [37], (Kind::Int64, Device::Cpu));
+        let want = reference(&hidden, &head, &targets);
+        for chunk in [1, 5, 36, 37, 1000] {
+            let got = chunked_nll_sum(&hidden, &head, &targets, chunk).double_value(&[]);
+            assert!((got - want).abs() < 1e-4 * want.abs(), "chunk {chunk}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn a_bf16_head_on_cpu_computes_its_logits_in_f32() {
+        tch::manual_seed(1);
+        let hidden = (Tensor::randn([64, 32], (Kind::Float, Device::Cpu)) * 3.0).to_kind(Kind::BFloat16);
+        let head = Tensor::randn([300, 32], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        let targets = Tensor::randint(300, [64], (Kind::Int64, Device::Cpu));
+        let bf16 = chunked_nll_sum(&hidden, &head, &targets, 16).double_value(&[]);
+        // The same bf16 values, upcast by the caller: identical operations in f32.
+        let f32 = chunked_nll_sum(&hidden.to_kind(Kind::Float), &head.to_kind(Kind::Float), &targets, 16).double_value(&[]);
+        assert_eq!(bf16, f32);
+        // Logits rounded to bf16 (what a bf16 matmul returns) give a different loss.
+        let rounded = {
+            let logits = hidden.linear(&head, None::<Tensor>).to_kind(Kind::Float);
+            let nll = logits.logsumexp([-1i64].as_slice(), false) - logits.gather(1, &targets.unsqueeze(1), false).squeeze_dim(1);
+            nll.sum(Kind::Double).double_value(&[])
+        };
+        assert_ne!(bf16, rounded);
     }
 }

@@ -1,4 +1,5 @@
-//! The libtorch environment: version, threads, CUDA visibility; device and dtype parsing.
+//! The libtorch environment: version, threads, CUDA visibility; device and dtype parsing; the dtype a model
+//! computes RoPE, attention and its loss head in ([`upcast_kind`]).
 //!
 //! On Linux, the linker's `--as-needed` drops `libtorch_cuda.so` from a binary that never references one of
 //! its symbols, so CUDA stays invisible to `tch`. [`ensure_cuda_loaded`] opens it at run time (found through
@@ -136,7 +137,9 @@ pub fn dtype_name(kind: Kind) -> &'static str {
 /// ~1.6x at 8k-16k tokens, element-wise RoPE several times, the LM-head matmul ~1.9x), and f32 is the more
 /// accurate of the two: bf16 logits carry 8 significant bits, so the target logit in the loss would be off by up
 /// to ~0.03 nats at a logit of 10. The model's other linear layers stay in its dtype (their weights are stored in
-/// it); the LM head's weight is cast for the duration of one loss computation.
+/// it); the LM head's weight is cast for the duration of one loss computation. Generation's next-token logits
+/// (`forward`, decoding) stay in the model's dtype, as HF's do: a per-step cast of the head would cost more than
+/// the step's matrix-vector product.
 pub fn upcast_kind(kind: Kind, device: Device) -> Kind {
     if kind == Kind::BFloat16 && device == Device::Cpu {
         Kind::Float

@@ -194,7 +194,8 @@ pub trait LanguageModel: Send {
     }
 }
 
-/// Rotary cos/sin of one forward for every layer, in the compute dtype, each `[batch or 1, 1, seq, head_dim]`
+/// Rotary cos/sin of one forward for every layer, in the dtype RoPE runs in ([`crate::device::upcast_kind`] of
+/// the model's: f32 for bf16 on CPU), each `[batch or 1, 1, seq, head_dim]`
 /// (layers whose tables are equal share tensors). Made by [`Decoder::rotary`] from tables and positions.
 #[derive(Debug)]
 pub struct Rotary {
@@ -315,16 +316,34 @@ mod tests {
         let hidden = (Tensor::randn([64, 32], (Kind::Float, Device::Cpu)) * 3.0).to_kind(Kind::BFloat16);
         let head = Tensor::randn([300, 32], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
         let targets = Tensor::randint(300, [64], (Kind::Int64, Device::Cpu));
-        let bf16 = chunked_nll_sum(&hidden, &head, &targets, 16).double_value(&[]);
+        let from_bf16 = chunked_nll_sum(&hidden, &head, &targets, 16).double_value(&[]);
         // The same bf16 values, upcast by the caller: identical operations in f32.
-        let f32 = chunked_nll_sum(&hidden.to_kind(Kind::Float), &head.to_kind(Kind::Float), &targets, 16).double_value(&[]);
-        assert_eq!(bf16, f32);
-        // Logits rounded to bf16 (what a bf16 matmul returns) give a different loss.
-        let rounded = {
-            let logits = hidden.linear(&head, None::<Tensor>).to_kind(Kind::Float);
-            let nll = logits.logsumexp([-1i64].as_slice(), false) - logits.gather(1, &targets.unsqueeze(1), false).squeeze_dim(1);
-            nll.sum(Kind::Double).double_value(&[])
+        let (hidden32, head32) = (hidden.to_kind(Kind::Float), head.to_kind(Kind::Float));
+        assert_eq!(from_bf16, chunked_nll_sum(&hidden32, &head32, &targets, 16).double_value(&[]));
+        // One pass over all rows, the logits in f32 or rounded to bf16 (what a bf16 matmul returns): only the
+        // rounding differs between the two, and it changes the loss.
+        let nll = |logits: Tensor| {
+            let logits = logits.to_kind(Kind::Float);
+            let target = logits.gather(1, &targets.unsqueeze(1), false).squeeze_dim(1);
+            (logits.logsumexp([-1i64].as_slice(), false) - target).sum(Kind::Double).double_value(&[])
         };
-        assert_ne!(bf16, rounded);
+        let exact = nll(hidden32.linear(&head32, None::<Tensor>));
+        let rounded = nll(hidden.linear(&head, None::<Tensor>));
+        let (ours, theirs) = ((from_bf16 - exact).abs(), (rounded - exact).abs());
+        assert!(ours < 1e-6 * exact.abs(), "{from_bf16} vs {exact}");
+        assert!(theirs > 10.0 * ours.max(1e-9 * exact.abs()), "bf16 logits: off by {theirs}, f32 logits by {ours}");
+    }
+
+    #[test]
+    fn gradients_flow_back_to_bf16_hidden_states() {
+        tch::manual_seed(2);
+        let hidden = Tensor::randn([20, 16], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16).set_requires_grad(true);
+        let head = Tensor::randn([40, 16], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        let targets = Tensor::randint(40, [20], (Kind::Int64, Device::Cpu));
+        chunked_nll_sum(&hidden, &head, &targets, 8).backward();
+        let grad = hidden.grad();
+        assert_eq!(grad.kind(), Kind::BFloat16);
+        assert!(grad.to_kind(Kind::Float).isfinite().all().int64_value(&[]) == 1);
+        assert!(grad.abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
 }

@@ -4,7 +4,7 @@
 //! resumes exactly, and exports the HF directory `OUT/model` at the end.
 //!
 //! Mixed precision: with `model.dtype = "bf16"` the model computes in bf16 (norms, RoPE tables, softmax and the
-//! loss in f32) while the trainer keeps f32 master weights and f32 optimizer state, copying the masters into
+//! loss in f32; on CPU also RoPE, attention and the LM-head logits: `longrope_core::device::upcast_kind`) while the trainer keeps f32 master weights and f32 optimizer state, copying the masters into
 //! the bf16 weights after each step. The same mechanism runs on CPU and CUDA (tch's `autocast` only offers
 //! f16 on CUDA, which would need loss scaling). With `f32` the weights are their own masters.
 //!

@@ -2,7 +2,8 @@
 //! time goes. Each component of one decoder layer is timed on its own, on random tensors of the model's shapes
 //! (read from the GGUF metadata and tensors), with the same operations the model runs (`plugins/models/src/llama.rs`:
 //! RMSNorm in f32, separate q/k/v projections, RoPE as `x cos + rotate_half(x) sin`, causal SDPA with the KV
-//! heads shared (`enable_gqa`) and, for bf16 on CPU, in f32; the SwiGLU MLP), then multiplied by the number
+//! heads shared (`enable_gqa`), RoPE and SDPA in `longrope_core::device::upcast_kind` (f32 for bf16 on CPU);
+//! the SwiGLU MLP), then multiplied by the number
 //! of layers; the LM head is timed as `chunked_nll_sum` over every position. The sum is compared with a real
 //! forward of the loaded model at the same length (`LanguageModel::nll`), so the table says how much of the
 //! measured time it accounts for.
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use longrope_core::device::{dtype_name, parse_dtype};
+use longrope_core::device::{dtype_name, parse_dtype, upcast_kind};
 use longrope_models::gguf::GgufFile;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
@@ -79,28 +80,28 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         let n = len as i64;
         let x = Tensor::randn([1, n, h], opts).to_kind(kind);
         let attn_out = Tensor::randn([1, n, nh * hd], opts).to_kind(kind);
+        // q/k/v come out of the projections in the model's dtype; RoPE (which includes the cast, as the model
+        // casts right before rotating) and attention run in `upcast_kind` (f32 for bf16 on CPU), like the model.
+        let ak = upcast_kind(kind, Device::Cpu);
         let q = Tensor::randn([1, nh, n, hd], opts).to_kind(kind);
         let k = Tensor::randn([1, nkv, n, hd], opts).to_kind(kind);
-        let vv = Tensor::randn([1, nkv, n, hd], opts).to_kind(kind);
-        let cos = Tensor::randn([1, 1, n, hd], opts).to_kind(kind);
-        let sin = Tensor::randn([1, 1, n, hd], opts).to_kind(kind);
+        let (qa, ka, va) = (q.to_kind(ak), k.to_kind(ak), Tensor::randn([1, nkv, n, hd], opts).to_kind(ak));
+        let cos = Tensor::randn([1, 1, n, hd], opts).to_kind(ak);
+        let sin = Tensor::randn([1, 1, n, hd], opts).to_kind(ak);
         let targets = Tensor::randint(v, [n], (Kind::Int64, Device::Cpu));
         let rms = || {
             let xf = x.to_kind(Kind::Float);
             (&xf * (xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float) + 1e-5).rsqrt()).to_kind(kind) * &norm_w
         };
-        let attend = || {
-            if kind == Kind::BFloat16 {
-                let f = |t: &Tensor| t.to_kind(Kind::Float);
-                Tensor::scaled_dot_product_attention(&f(&q), &f(&k), &f(&vv), None::<Tensor>, 0.0, true, None, nh != nkv).to_kind(kind)
-            } else {
-                Tensor::scaled_dot_product_attention(&q, &k, &vv, None::<Tensor>, 0.0, true, None, nh != nkv)
-            }
+        let attend = || Tensor::scaled_dot_product_attention(&qa, &ka, &va, None::<Tensor>, 0.0, true, None, nh != nkv).to_kind(kind);
+        let rope = |t: &Tensor| {
+            let t = t.to_kind(ak);
+            (&t * &cos + rotate_half(&t) * &sin).sum(Kind::Float)
         };
         let parts: Vec<(&str, f64)> = vec![
             ("RMSNorm (2 per layer)", 2.0 * layers * time(rms)),
             ("q/k/v projections", layers * time(|| Tensor::stack(&[x.linear(&wq, None::<Tensor>).sum(Kind::Float), x.linear(&wk, None::<Tensor>).sum(Kind::Float), x.linear(&wv, None::<Tensor>).sum(Kind::Float)], 0))),
-            ("RoPE (q and k)", layers * time(|| Tensor::stack(&[(&q * &cos + rotate_half(&q) * &sin).sum(Kind::Float), (&k * &cos + rotate_half(&k) * &sin).sum(Kind::Float)], 0))),
+            ("RoPE (q and k)", layers * time(|| Tensor::stack(&[rope(&q), rope(&k)], 0))),
             ("attention (causal SDPA)", layers * time(attend)),
             ("o projection", layers * time(|| attn_out.linear(&wo, None::<Tensor>))),
             ("MLP (gate, up, SiLU, down)", layers * time(|| (x.linear(&wg, None::<Tensor>).silu() * x.linear(&wu, None::<Tensor>)).linear(&wd, None::<Tensor>))),

@@ -28,20 +28,20 @@ fn load(path: &Path) -> Box<dyn LanguageModel> {
     longrope_models::load(path, &options).unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
 }
 
-/// SmolLM2's weights as an HF directory (f32), exported once per test process from the GGUF.
+/// SmolLM2's weights as an HF directory (f32, 0.5 GB), exported once per test process from the GGUF into
+/// [`common::process_scratch`] (a `TempDir` in the static would never be removed).
 fn smollm2_hf() -> &'static Path {
-    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DIR.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let scratch = common::process_scratch("checkpoint-scaling");
         let mut model = load(&common::smollm2());
         let shape = model.summary().rope_shape(model.summary().max_position_embeddings);
         let none = load_scaling_config("none").unwrap().build(&shape).unwrap();
-        let out = tmp.path().join("smollm2-hf");
+        let out = scratch.join("smollm2-hf");
         let dec = model.decoder_mut().expect("llama decodes");
         longrope_train::export::export_hf(dec, &[], none.as_ref(), &shape, "method = \"none\"\n", Kind::Float, &out).unwrap();
-        (tmp, out)
+        out
     })
-    .1
 }
 
 /// A copy of `base` (weights and tokenizer symlinked) whose `config.json` has `patch` applied the way the

@@ -93,11 +93,7 @@ fn failed(o: &std::process::Output) -> String {
 fn baseline() -> &'static (PathBuf, Vec<serde_json::Value>) {
     static BASE: OnceLock<(PathBuf, Vec<serde_json::Value>)> = OnceLock::new();
     BASE.get_or_init(|| {
-        // Kept for the whole test binary (a static is never dropped): under cargo's per-package scratch folder,
-        // not /tmp, one per process (two processes of this binary must not remove each other's).
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("distributed-baseline-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::process_scratch("distributed-baseline");
         let cfg = search_config(&dir, 5);
         let out = dir.join("out");
         ok(&longrope(&["search", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--no-progress"]));

@@ -207,3 +207,27 @@ pub fn history_without_timings(dir: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// A fresh directory `NAME-PID` under cargo's scratch folder for integration tests (`CARGO_TARGET_TMPDIR`),
+/// for data a test process shares between its tests through a static (which is never dropped, so a `TempDir`
+/// there would never be removed). Directories `NAME-OTHERPID` left by processes that are gone are removed
+/// first, so at most one per live process remains.
+pub fn process_scratch(name: &str) -> PathBuf {
+    let parent = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let prefix = format!("{name}-");
+    if let Ok(entries) = std::fs::read_dir(&parent) {
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(pid) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = parent.join(format!("{prefix}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
